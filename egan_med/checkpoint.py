@@ -1,0 +1,75 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``, damaged ones reported and skipped.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no pickled objects), so
+``torch.load(weights_only=True)`` can read it. The resolved config travels inside every one.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint; the message says which files were tried and why they failed."""
+
+
+def _plain(obj: Any) -> Any:
+    """Make RNG states and numpy values loadable with weights_only=True."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def save_checkpoint(state: dict[str, Any], path: str, keep_previous: bool = True) -> None:
+    """Write ``state`` to ``path`` via a temporary file and an atomic rename.
+
+    Args:
+        state: plain data (tensors, numbers, strings, containers).
+        path: destination; the file it replaces is kept as ``path + '.prev'`` when ``keep_previous``.
+        keep_previous: keep one older copy to fall back on if this one is ever damaged.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        torch.save(_plain(state), fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if keep_previous and os.path.exists(path):
+        os.replace(path, f"{path}.prev")
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Load ``path``; if it is damaged, warn and fall back to ``path + '.prev'``.
+
+    Raises:
+        CheckpointError: neither file is a readable checkpoint.
+    """
+    errors = []
+    for candidate in (path, f"{path}.prev"):
+        if not os.path.exists(candidate):
+            errors.append(f"{candidate}: missing")
+            continue
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "config" not in state:
+                raise ValueError("not an egan_med checkpoint")
+        except Exception as exc:  # truncated zip, bad pickle, wrong content: all mean "unusable"
+            errors.append(f"{candidate}: damaged ({type(exc).__name__}: {str(exc)[:80]})")
+            continue
+        if candidate != path:
+            warnings.warn(f"checkpoint {path} is unusable ({errors[-1]}); using the previous one, {candidate}")
+        return state
+    raise CheckpointError("no usable checkpoint: " + "; ".join(errors))

@@ -1,0 +1,308 @@
+"""Typed run configuration: YAML files (with an optional ``base:``) plus ``key.sub=value`` overrides.
+
+Every value is range-checked here, so that the rest of the package can trust it. Errors are
+``ConfigError`` with a one-line message naming the key; CLIs turn that into exit status 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Which cohort to read and how its images become tensors."""
+
+    cohort: str = "cohorts/pneumoniamnist_1to36/cohort.csv"  # manifest written by scripts/build_cohort.py
+    root: str = ""  # folder the manifest's paths are relative to; "" = the root stored in cohort.json
+    fold: int = -1  # use only minority train images of this fold (-1 = all)
+    image_size: int = 32
+    channels: int = 3  # what the backbone wants; grayscale is repeated
+    kind: str = "radiograph"  # radiograph | natural: picks the augmentation chain
+    augment: bool = True
+    hflip: bool = False  # radiographs: off, the heart is on the left
+    rotate_deg: float = 5.0
+    scale: float = 0.05
+    translate: float = 0.05
+    contrast: float = 0.1
+    gamma: float = 0.1
+    noise_std: float = 0.01
+    cache_dir: str = ""  # persistent uint8 cache of decoded, resized images ("" = off)
+    num_workers: int = 0
+    on_bad_image: str = "fail"  # fail | skip
+
+
+@dataclass
+class ModelConfig:
+    """Networks: which backbones, where their weights come from, how much of them trains."""
+
+    kind: str = "egan"  # egan | supervised | knn
+    encoder: str = "efficientnet_lite0"
+    discriminator: str = "efficientnet_lite0"
+    weights: str = "imagenet"  # imagenet | none | path to a state dict (both networks)
+    encoder_weights: str = ""  # overrides `weights` for E ("" = same as weights)
+    discriminator_weights: str = ""  # overrides `weights` for D
+    trainable_blocks: int = -1  # -1 = the paper's "top 5 layers" mapping of each backbone
+    train_bn: bool = False  # True: trainable blocks' BatchNorm also update running stats
+    latent_dim: int = 128
+    dropout: float = 0.2
+    spectral_norm: bool = False
+    knn_k: int = 5
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 10
+    batch_size: int = 128  # majority images per step
+    minority_cap: int = 2500  # every step pushes up to this many minority images through E and G
+    max_steps_per_epoch: int = 0  # 0 = a full pass over the majority set
+    lr_d: float = 1e-4
+    lr_g: float = 1e-4
+    beta1: float = 0.9
+    label_smoothing: float = 0.0
+    instance_noise: float = 0.0
+    r1_gamma: float = 0.0
+    recon_weight: float = 0.0  # ties G(E(x)) to x; 0 = the paper
+    semi_supervised: bool = False  # D also sees real minority images as negatives (not the paper)
+    class_weight: bool = True  # supervised baseline: weight BCE by the imbalance
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False
+    feature_cache: bool = False  # cache frozen-trunk activations of real images (needs augment off)
+    checkpoint_every: int = 1
+
+
+@dataclass
+class EvalConfig:
+    """Model selection and operating point, both on the validation split."""
+
+    select: str = "val_auroc"  # val_auroc | val_f1 | nash
+    nash_threshold: float = 20.0  # |correct minority - correct majority| at 1000+1000 test images
+    operating_point: str = "logit0"  # logit0 | sensitivity | specificity
+    target: float = 0.9  # the sensitivity or specificity to reach on validation
+    bootstrap: int = 1000
+    baseline: bool = False  # also train the supervised baseline on the same cohort
+    knn: bool = False  # also fit the one-class kNN on frozen features
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "data.kind": ("radiograph", "natural"),
+    "data.on_bad_image": ("fail", "skip"),
+    "model.kind": ("egan", "supervised", "knn"),
+    "eval.select": ("val_auroc", "val_f1", "nash"),
+    "eval.operating_point": ("logit0", "sensitivity", "specificity"),
+}
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return str(value)
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    types = {f.name: f.type for f in fields(obj)}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in types:
+            raise ConfigError(f"unknown config key '{full}'" + _suggest(full, _all_keys(prefix, obj)))
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a section of keys, got {value!r}")
+            _apply(current, value, prefix=f"{full}.")
+        else:
+            kind = {"int": int, "float": float, "bool": bool, "str": str}[types[key]]
+            setattr(obj, key, _coerce(full, value, kind))
+
+
+def _all_keys(prefix: str, obj: Any) -> list[str]:
+    out = []
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        out += _all_keys(f"{prefix}{f.name}.", v) if dataclasses.is_dataclass(v) else [f"{prefix}{f.name}"]
+    return out
+
+
+def _check(cfg: Config) -> None:
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={_get(cfg, key)!r}: {why}")
+
+    for key, allowed in _CHOICES.items():
+        need(_get(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}")
+    d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
+    need(d.image_size >= 8 and d.image_size % 4 == 0, "data.image_size", "must be a multiple of 4 and at least 8")
+    need(d.channels in (1, 3), "data.channels", "must be 1 or 3")
+    need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(0 <= d.rotate_deg <= 45, "data.rotate_deg", "must be within [0, 45]")
+    for k in ("scale", "translate", "contrast", "gamma"):
+        need(0 <= getattr(d, k) < 1, f"data.{k}", "must be within [0, 1)")
+    need(d.noise_std >= 0, "data.noise_std", "must be >= 0")
+    need(m.latent_dim >= 1, "model.latent_dim", "must be >= 1")
+    need(0 <= m.dropout < 1, "model.dropout", "must be within [0, 1)")
+    need(m.trainable_blocks >= -1, "model.trainable_blocks", "must be -1 (paper mapping) or >= 0")
+    need(m.knn_k >= 1, "model.knn_k", "must be >= 1")
+    need(t.epochs >= 1, "train.epochs", "must be >= 1")
+    need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(t.minority_cap >= 1, "train.minority_cap", "must be >= 1")
+    need(t.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", "must be >= 0")
+    for k in ("lr_d", "lr_g"):
+        need(getattr(t, k) > 0, f"train.{k}", "must be > 0")
+    need(0 <= t.beta1 < 1, "train.beta1", "must be within [0, 1)")
+    need(0 <= t.label_smoothing < 0.5, "train.label_smoothing", "must be within [0, 0.5)")
+    for k in ("instance_noise", "r1_gamma", "recon_weight"):
+        need(getattr(t, k) >= 0, f"train.{k}", "must be >= 0")
+    need(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+    need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
+         "must be auto, cpu, cuda or cuda:N")
+    need(not (t.feature_cache and d.augment), "train.feature_cache", "needs data.augment=false (cached views are fixed)")
+    need(e.nash_threshold >= 0, "eval.nash_threshold", "must be >= 0")
+    need(0 < e.target < 1, "eval.target", "must be within (0, 1)")
+    need(e.bootstrap >= 0, "eval.bootstrap", "must be >= 0")
+
+
+def _get(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    base = values.pop("base", None)
+    if base:
+        base_path = os.path.normpath(os.path.join(os.path.dirname(path), str(base)))
+        if base_path in seen:
+            raise ConfigError(f"{path}: 'base' chain loops back to {base_path}")
+        merged = _read_yaml(base_path, seen + (base_path,))
+        _merge(merged, values)
+        return merged
+    return values
+
+
+def _merge(into: dict[str, Any], over: dict[str, Any]) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``"train.epochs=3"`` into ``{"train": {"epochs": 3}}`` (value parsed as YAML scalar)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (following ``base:``), apply overrides, and validate.
+
+    Args:
+        path: YAML file; None gives the defaults.
+        overrides: ``key.sub=value`` strings applied after the file.
+
+    Returns:
+        The validated ``Config``.
+    """
+    values: dict[str, Any] = _read_yaml(path) if path else {}
+    for text in overrides or []:
+        _merge(values, parse_override(text))
+    cfg = Config()
+    if path and "name" not in values:
+        cfg.name = os.path.splitext(os.path.basename(path))[0]
+    _apply(cfg, values)
+    _check(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. stored in a checkpoint)."""
+    cfg = Config()
+    _apply(cfg, values)
+    _check(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Write the resolved config as YAML, atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    os.replace(tmp, path)

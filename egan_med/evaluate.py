@@ -1,0 +1,192 @@
+"""Evaluate a run: ``python -m egan_med.evaluate RUN_DIR [--split val|test] [--sensitivity S | --specificity S | --threshold T]``.
+
+The epoch and the operating point are both chosen on the VALIDATION split and then applied
+unchanged to the reported split. The paper's protocol (best epoch over the test split) appears
+only as a row labelled "optimistic (paper protocol)".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+
+from egan_med import metrics, plots, report, selection
+from egan_med.checkpoint import CheckpointError, load_checkpoint
+from egan_med.config import Config, ConfigError, config_from_dict
+from egan_med.scoring import score_loader
+from egan_med.splits import CohortSplits, load_splits
+
+LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class"}
+
+
+def _eval_loaders(cfg: Config, splits: CohortSplits, names: tuple[str, ...]) -> dict:
+    from egan_med import data as dl
+
+    return {s: dl.make_loader(dl.make_dataset(getattr(splits, s), splits.root, cfg.data, train=False), 256,
+                              shuffle=False, num_workers=cfg.data.num_workers, seed=cfg.train.seed) for s in names}
+
+
+def load_scorer(run_dir: str, which: str = "best") -> tuple[torch.nn.Module, Config, dict]:
+    """The scoring network (D, or the classifier) of a run, with its config and checkpoint."""
+    from egan_med.train import build_networks
+
+    state = load_checkpoint(os.path.join(run_dir, "checkpoints", f"{which}.pt"))
+    cfg = config_from_dict(state["config"])
+    nets = build_networks(cfg)
+    key = "D" if cfg.model.kind == "egan" else "C"
+    nets[key].load_state_dict(state["models"][key])
+    return nets[key].eval(), cfg, state
+
+
+def _operating_point(cfg: Config, sensitivity: float | None, specificity: float | None,
+                     threshold: float | None) -> tuple[str, float]:
+    if threshold is not None:
+        return "fixed", threshold
+    if sensitivity is not None:
+        return "sensitivity", sensitivity
+    if specificity is not None:
+        return "specificity", specificity
+    return cfg.eval.operating_point, cfg.eval.target
+
+
+def _row(label: str, counts: dict, rule: str, target: float, thr: float, y, s, cfg: Config, why: str, seed: int) -> dict:
+    m = metrics.binary_metrics(y, s, thr)
+    ci = metrics.bootstrap_ci(y, s, thr, n=cfg.eval.bootstrap, seed=seed) if cfg.eval.bootstrap else None
+    op = "logit < 0 (paper)" if rule == "logit0" else ("fixed" if rule == "fixed" else f"{rule} {target:.2f} on val")
+    return report.report_row(label, counts, op, thr, m, ci, why)
+
+
+def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = None,
+                 specificity: float | None = None, threshold: float | None = None) -> list[dict]:
+    """Score the selected checkpoint, set the operating point on val, and write reports and plots.
+
+    Args:
+        run_dir: a run directory written by ``egan_med.train``.
+        split: the split to report (``val`` or ``test``).
+        sensitivity, specificity, threshold: override the config's operating point.
+
+    Returns:
+        The report rows.
+    """
+    net, cfg, state = load_scorer(run_dir)
+    dev = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    net.to(dev)
+    history = pd.read_csv(os.path.join(run_dir, "metrics.csv"))
+    chosen = selection.select_epoch(history, cfg.eval.select, cfg.eval.nash_threshold)
+    splits = load_splits(cfg)
+    counts = splits.counts()
+    if split == "val":
+        counts.update(test_minority=splits.sizes()["val"][0], test_majority=splits.sizes()["val"][1])
+    loaders = _eval_loaders(cfg, splits, ("val", split) if split != "val" else ("val",))
+    y_val, logit_val, _ = score_loader(net, loaders["val"], dev, cfg.train.amp, progress="scoring val")
+    y_rep, logit_rep, _ = (y_val, logit_val, None) if split == "val" else score_loader(
+        net, loaders[split], dev, cfg.train.amp, progress=f"scoring {split}")
+    rule, target = _operating_point(cfg, sensitivity, specificity, threshold)
+    thr = threshold if rule == "fixed" else metrics.operating_threshold(rule, y_val, -logit_val, target)
+    label = LABELS[cfg.model.kind]
+    rows = [_row(label, counts, rule, target, thr, y_rep, -logit_rep, cfg, chosen.reason, cfg.train.seed)]
+    curves = {label: (y_rep, -logit_rep, thr)}
+    np.savez(os.path.join(run_dir, f"scores_{split}.npz"), y=y_rep, logit=logit_rep)
+
+    if split == "test":
+        paper = selection.select_epoch_paper_protocol(history, "test_f1")
+        at = history[history.epoch == paper.epoch].iloc[0]
+        m = {k: at.get(f"test_{k}", math.nan) for k in metrics.METRIC_NAMES}
+        m.update(tp=at.test_correct_minority, tn=at.test_correct_majority,
+                 fn=at.test_n_minority - at.test_correct_minority, fp=at.test_n_majority - at.test_correct_majority)
+        rows.append(report.report_row(f"{label}, optimistic (paper protocol)", counts, "logit < 0 (paper)", 0.0, m, None, paper.reason))
+
+    baseline_dir = os.path.join(run_dir, "baseline")
+    if os.path.exists(os.path.join(baseline_dir, "checkpoints", "best.pt")):
+        b_rows = finalize_run(baseline_dir, split, sensitivity, specificity, threshold)
+        rows.append(b_rows[0])
+        b = np.load(os.path.join(baseline_dir, f"scores_{split}.npz"))
+        curves[b_rows[0]["model"]] = (b["y"], -b["logit"], b_rows[0]["threshold"])
+    if cfg.eval.knn and cfg.model.kind == "egan":
+        rows.append(_knn_row(cfg, splits, counts, split, dev, curves))
+    rows += report.trivial_rows(y_rep, counts)
+
+    notes = [f"Epoch {chosen.epoch} selected on the validation split by '{cfg.eval.select}'; "
+             f"operating point set on validation, then applied unchanged to {split}.",
+             "Rows marked 'optimistic (paper protocol)' pick the epoch on the test split itself, as the paper did; "
+             "they overstate what a deployed model would do.",
+             f"Confidence intervals: 95% stratified bootstrap, {cfg.eval.bootstrap} resamples."]
+    default = split == "test" and sensitivity is None and specificity is None and threshold is None
+    # A re-scoring at another split or operating point goes beside the run's own report, not over it.
+    out_dir = run_dir if default else os.path.join(run_dir, "evaluations", f"{split}-{rule}-{target:g}")
+    os.makedirs(out_dir, exist_ok=True)
+    report.write_report(out_dir, rows, f"{cfg.name}: {label} on {os.path.basename(os.path.dirname(cfg.data.cohort))}", notes)
+    plots.plot_correct_counts(history, os.path.join(run_dir, "correct_counts.png"), split="test", nash_threshold=cfg.eval.nash_threshold)
+    plots.plot_losses(history, os.path.join(run_dir, "losses.png"))
+    plots.plot_roc_pr(curves, os.path.join(out_dir, f"roc_pr_{split}.png"))
+    with open(os.path.join(out_dir, "operating_point.json"), "w", encoding="utf-8") as fh:
+        json.dump({"rule": rule, "target": target, "threshold": float(thr), "chosen_on": "val",
+                   "epoch": int(chosen.epoch), "selection": chosen.reason, "score": "minority score = -logit; minority when score > threshold"}, fh, indent=2)
+    if default:
+        _log_hparams(run_dir, cfg, rows[0])
+    return rows
+
+
+def _knn_row(cfg: Config, splits: CohortSplits, counts: dict, split: str, dev, curves: dict) -> dict:
+    from egan_med import data as dl
+    from egan_med.models.knn import KNNOneClass
+
+    weights = cfg.model.discriminator_weights or cfg.model.weights
+    knn = KNNOneClass(cfg.model.discriminator, weights, cfg.model.knn_k, dev)
+    major = dl.make_loader(dl.make_dataset(splits.train_majority, splits.root, cfg.data, train=False), 256, False, cfg.data.num_workers, 0)
+    knn.fit(major)
+    loaders = _eval_loaders(cfg, splits, ("val", split) if split != "val" else ("val",))
+    y_val, s_val = knn.score(loaders["val"])
+    y_rep, s_rep = (y_val, s_val) if split == "val" else knn.score(loaders[split])
+    # A distance has no natural zero: logit0 falls back to the configured specificity on val.
+    rule = "specificity" if cfg.eval.operating_point == "logit0" else cfg.eval.operating_point
+    thr = metrics.operating_threshold(rule, y_val, s_val, cfg.eval.target)
+    curves[LABELS["knn"]] = (y_rep, s_rep, thr)
+    return _row(LABELS["knn"], counts, rule, cfg.eval.target, thr, y_rep, s_rep, cfg, "no training; k-NN on frozen features", cfg.train.seed)
+
+
+def _log_hparams(run_dir: str, cfg: Config, row: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    hp = {"model": cfg.model.kind, "encoder": cfg.model.encoder, "discriminator": cfg.model.discriminator,
+          "weights": cfg.model.weights, "image_size": cfg.data.image_size, "epochs": cfg.train.epochs,
+          "lr_d": cfg.train.lr_d, "lr_g": cfg.train.lr_g, "select": cfg.eval.select}
+    final = {f"hparam/{k}": float(row[k]) for k in ("auroc", "auprc", "f1", "recall", "specificity")
+             if row.get(k) is not None and not (isinstance(row[k], float) and math.isnan(row[k]))}
+    with SummaryWriter(os.path.join(run_dir, "tb")) as w:
+        w.add_hparams(hp, final, run_name="hparams")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m egan_med.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=("val", "test"), default="test")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sensitivity", type=float, help="operating point: this sensitivity on val")
+    g.add_argument("--specificity", type=float, help="operating point: this specificity on val")
+    g.add_argument("--threshold", type=float, help="operating point: minority when -logit > T")
+    args = p.parse_args(argv)
+    for name in ("sensitivity", "specificity"):
+        v = getattr(args, name)
+        if v is not None and not 0 < v <= 1:
+            print(f"error: --{name} must be within (0, 1], got {v}", file=sys.stderr)
+            return 2
+    from egan_med.cohort import CohortError
+    try:
+        rows = finalize_run(args.run_dir, args.split, args.sensitivity, args.specificity, args.threshold)
+    except (CheckpointError, ConfigError, CohortError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in rows:
+        print(f"{r['model']:40s} auroc {r['auroc']:.3f}  recall {r['recall']:.3f}  specificity {r['specificity']:.3f}  f1 {r['f1']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""A Table 6-style report: one row per model, written as report.md, report.csv and report.json."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from egan_med.metrics import METRIC_NAMES, binary_metrics
+
+_COUNT_KEYS = ("train_minority", "train_majority", "test_minority", "test_majority")
+# (row key, markdown header) of the paper's Table 6 columns plus the threshold-free ones.
+_MD_METRICS = (
+    ("precision", "Precision"), ("recall", "Recall"), ("specificity", "Specificity"), ("f1", "F1"),
+    ("auroc", "AUROC"), ("auprc", "AUPRC"), ("sens_at_spec", "Sens@{spec}%Spec"),
+)
+
+
+def _ratio(minority: int, majority: int) -> str:
+    return f"1:{round(majority / minority)}" if minority > 0 else "n/a"
+
+
+def report_row(
+    model: str,
+    counts: Mapping[str, int],
+    operating_point: str,
+    threshold: float,
+    metrics: Mapping[str, Any],
+    ci: Mapping[str, tuple[float, float]] | None,
+    selection: str,
+) -> dict:
+    """One flat row of the report.
+
+    Args:
+        model: row label, e.g. "eGAN".
+        counts: train_minority, train_majority, test_minority, test_majority.
+        operating_point: the rule that set the threshold (logit0 | sensitivity | specificity ...).
+        threshold: the threshold applied to the minority score.
+        metrics: binary_metrics() on the test split at that threshold.
+        ci: bootstrap_ci() on the same data, or None (CI columns are then NaN).
+        selection: how the epoch was chosen (a Selection's reason).
+
+    Returns:
+        dict with model, the four counts, ratio ("1:36", training majority per minority),
+        operating_point, threshold, selection, spec_target, every METRIC_NAMES entry with
+        ``_lo``/``_hi`` columns, and tp, fp, tn, fn.
+    """
+    missing = [k for k in _COUNT_KEYS if k not in counts]
+    if missing:
+        raise ValueError(f"counts lacks {missing}")
+    row: dict[str, Any] = {"model": model, **{k: int(counts[k]) for k in _COUNT_KEYS}}
+    row.update(
+        ratio=_ratio(row["train_minority"], row["train_majority"]),
+        operating_point=operating_point, threshold=float(threshold), selection=selection,
+        spec_target=float(metrics.get("spec_target", 0.9)),
+    )
+    for name in METRIC_NAMES:
+        row[name] = float(metrics[name])
+        lo, hi = ci[name] if ci is not None and name in ci else (math.nan, math.nan)
+        row[f"{name}_lo"], row[f"{name}_hi"] = float(lo), float(hi)
+    row.update({k: int(metrics[k]) for k in ("tp", "fp", "tn", "fn")})
+    return row
+
+
+def trivial_rows(y_test, counts: Mapping[str, int], spec_target: float = 0.9) -> list[dict]:
+    """The "all minority" and "all majority" rows (constant scores, so AUROC 0.5).
+
+    "All minority" is Table 6's baseline row (0.50 / 1.00 / 0.67 on 1000 + 1000).
+    """
+    y = np.asarray(y_test).ravel()
+    rows = []
+    for name, score in (("all minority", 1.0), ("all majority", -1.0)):
+        m = binary_metrics(y, np.full(y.shape, score), threshold=0.0, spec_target=spec_target)
+        rows.append(report_row(name, counts, "constant", 0.0, m, None, "-"))
+    return rows
+
+
+def _fmt(value: float, lo: float = math.nan, hi: float = math.nan) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if math.isnan(lo) or math.isnan(hi):
+        return f"{value:.2f}"
+    return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str]) -> str:
+    targets = {round(100 * float(r.get("spec_target", 0.9))) for r in rows}
+    spec = f"{targets.pop()}" if len(targets) == 1 else "?"
+    headers = ["Model", "#train minor", "#train major", "#test minor", "#test major", "ratio",
+               "operating point"] + [h.format(spec=spec) for _, h in _MD_METRICS]
+    lines = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        op = r["operating_point"] if r["operating_point"] == "constant" \
+            else f"{r['operating_point']} (t={r['threshold']:.3g})"
+        cells = [r["model"], *(r[k] for k in _COUNT_KEYS), r["ratio"], op]
+        cells += [_fmt(r[k], r.get(f"{k}_lo", math.nan), r.get(f"{k}_hi", math.nan)) for k, _ in _MD_METRICS]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "Predicted minority when the minority score s = -logit exceeds t. In brackets: "
+              "percentile bootstrap interval, resampled within each class.", ""]
+    selections = [f"- {r['model']}: {r['selection']}" for r in rows if r.get("selection", "-") != "-"]
+    if selections:
+        lines += ["## Epoch selection", "", *selections, ""]
+    if notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN: write null rather than the invalid token NaN.
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str]) -> None:
+    """Write report.md, report.csv and report.json into ``run_dir``, each atomically.
+
+    Args:
+        run_dir: output folder (created if missing).
+        rows: report_row() / trivial_rows() dicts.
+        title: heading of report.md and "title" of report.json.
+        notes: caveats shown under the table and stored in report.json.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    rows = [dict(r) for r in rows]
+    _write_atomic(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes))
+    _write_atomic(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
+    payload = {"title": title, "rows": rows, "notes": list(notes)}
+    _write_atomic(os.path.join(run_dir, "report.json"),
+                  json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

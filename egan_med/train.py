@@ -1,0 +1,290 @@
+"""Train eGAN (or the supervised baseline) on a cohort: ``python -m egan_med.train CONFIG``.
+
+One explicit loop, top to bottom. Each epoch: D learns majority = real (1) and G(E(minority)) =
+fake (0); E and G learn to make D call their output real; then D scores val and test, and the
+epoch is logged, checkpointed and, if the validation rule prefers it, kept as ``best``.
+Multi-GPU: ``torchrun --nproc_per_node N -m egan_med.train CONFIG`` (DDP; rank 0 writes).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from egan_med.config import Config, ConfigError, load_config
+from egan_med.checkpoint import load_checkpoint, save_checkpoint
+from egan_med.rundir import RunDirError, prepare_run_dir, write_table_atomic
+from egan_med.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
+from egan_med.scoring import autocast, score_loader
+from egan_med.splits import CohortSplits, load_splits
+from egan_med.models import Classifier, Discriminator, Encoder, Generator, WeightsError, count_parameters
+from egan_med import metrics, selection
+
+
+def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
+    """The networks of ``cfg.model.kind``: E, G, D for eGAN; C for the supervised baseline."""
+    if cfg.model.kind == "egan":
+        return {"E": Encoder(cfg.model), "G": Generator(cfg.model.latent_dim, cfg.data.image_size, 3), "D": Discriminator(cfg.model)}
+    if cfg.model.kind == "supervised":
+        return {"C": Classifier(cfg.model)}
+    raise ConfigError(f"model.kind={cfg.model.kind!r} is not trained by this loop; use egan or supervised")
+
+
+def _epoch_metrics(prefix: str, y, logits, nash_threshold: float) -> dict:
+    m = metrics.binary_metrics(y, -logits, threshold=0.0)  # the paper's rule: logit < 0 = minority
+    row = {f"{prefix}_{k}": m[k] for k in ("precision", "recall", "specificity", "f1", "auroc", "auprc",
+                                             "correct_minority", "correct_majority", "n_minority", "n_majority")}
+    row[f"{prefix}_nash"] = bool(selection.is_nash(m["correct_minority"], m["correct_majority"],
+                                                   m["n_minority"] + m["n_majority"], nash_threshold,
+                                                   n_minority=m["n_minority"]))
+    return row
+
+
+def train(cfg: Config, run_dir: str, resume: bool | None = None, force: bool = False) -> str:
+    """Train one run and write its directory.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: output directory.
+        resume: True = must resume; None = resume if a checkpoint of this config exists; False = never.
+        force: replace a run directory that belongs to another config.
+
+    Returns:
+        The run directory.
+    """
+    rt: Runtime = setup_runtime(cfg.train.device)
+    try:
+        if rt.is_main:
+            prepare_run_dir(run_dir, cfg, resume=resume, force=force)
+        if rt.distributed:
+            torch.distributed.barrier()
+        return _train(cfg, run_dir, rt, resume)
+    finally:
+        teardown(rt)
+
+
+def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
+    from torch.utils.tensorboard import SummaryWriter
+    from egan_med import data as dl
+
+    t, dev = cfg.train, rt.device
+    seed_everything(t.seed)
+    splits: CohortSplits = load_splits(cfg)
+    skipped: list = []
+    ds_major = dl.make_dataset(splits.train_majority, splits.root, cfg.data, train=True, seed=t.seed, skipped=skipped)
+    ds_minor = dl.make_dataset(splits.train_minority, splits.root, cfg.data, train=True, seed=t.seed + 1, skipped=skipped)
+    ds_eval = {s: dl.make_dataset(getattr(splits, s), splits.root, cfg.data, train=False, skipped=skipped) for s in ("val", "test")}
+    sampler = DistributedSampler(ds_major, rt.world_size, rt.rank, shuffle=True, seed=t.seed) if rt.distributed else None
+    loader = dl.make_loader(ds_major, t.batch_size, shuffle=sampler is None, num_workers=cfg.data.num_workers,
+                            seed=t.seed, sampler=sampler)
+    eval_loaders = {s: dl.make_loader(d, 256, shuffle=False, num_workers=cfg.data.num_workers, seed=t.seed)
+                    for s, d in ds_eval.items()}
+
+    nets = build_networks(cfg)
+    for n in nets.values():
+        n.to(dev).train()
+    egan = cfg.model.kind == "egan"
+    if egan:
+        D = nets["D"]
+        EG = torch.nn.ModuleDict({"E": nets["E"], "G": nets["G"]})
+        opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=t.lr_d, betas=(t.beta1, 0.999))
+        opt_g = torch.optim.Adam([p for p in EG.parameters() if p.requires_grad], lr=t.lr_g, betas=(t.beta1, 0.999))
+    else:
+        D = nets["C"]
+        opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=t.lr_d, betas=(t.beta1, 0.999))
+        EG, opt_g = None, None
+    optimizers = {"opt_d": opt_d} | ({"opt_g": opt_g} if opt_g else {})
+    D_step = DDP(D, device_ids=[dev.index] if dev.type == "cuda" else None) if rt.distributed else D
+    EG_step = (DDP(EG, device_ids=[dev.index] if dev.type == "cuda" else None) if rt.distributed else EG) if egan else None
+
+    history: list[dict] = []
+    start_epoch, ckpt_dir = 0, os.path.join(run_dir, "checkpoints")
+    last = os.path.join(ckpt_dir, "last.pt")
+    if resume is not False and (os.path.exists(last) or os.path.exists(last + ".prev")):
+        state = load_checkpoint(last)
+        for k, n in nets.items():
+            n.load_state_dict(state["models"][k])
+        for k, o in optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        set_rng_state(state["rng"])
+        history, start_epoch = state["history"], int(state["epoch"]) + 1
+        if rt.is_main:
+            print(f"resuming {run_dir} after epoch {start_epoch - 1} of {t.epochs}", file=sys.stderr)
+
+    writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_epoch) if rt.is_main else None
+    if writer is not None and start_epoch == 0:
+        grid = dl.save_augmentation_grid(ds_major, os.path.join(run_dir, "augmentations.png"), n=16)
+        writer.add_image("data/augmented_real", grid, 0)
+        _print_summary(cfg, splits, nets)
+
+    n_min = min(len(ds_minor), t.minority_cap)
+    for epoch in range(start_epoch, t.epochs):
+        t0 = time.time()
+        # Every random draw of an epoch follows from (seed, epoch): a resumed run redoes it exactly.
+        seed_everything(t.seed * 100003 + epoch)
+        for ds in (ds_major, ds_minor):
+            ds.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader.generator.manual_seed(t.seed * 100003 + epoch) if loader.generator is not None else None
+        x_min = torch.stack([ds_minor[i]["image"] for i in range(n_min)]).to(dev)
+        sums = torch.zeros(2, device=dev)
+        steps = len(loader) if t.max_steps_per_epoch == 0 else min(len(loader), t.max_steps_per_epoch)
+        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not rt.is_main)
+        for step, batch in enumerate(bar):
+            if step >= steps:
+                break
+            x_maj = batch["image"].to(dev, non_blocking=True)
+            if egan:
+                # D: real majority -> 1, generated from minority codes -> 0 (and, semi-supervised, real minority -> 0).
+                with autocast(dev, t.amp):
+                    fake = EG_step.module["G"](EG_step.module["E"](x_min)) if rt.distributed else EG["G"](EG["E"](x_min))
+                    neg = torch.cat([fake.detach(), x_min]) if t.semi_supervised else fake.detach()
+                    x_d = torch.cat([x_maj, neg])
+                    if t.instance_noise > 0:
+                        x_d = (x_d + t.instance_noise * torch.randn_like(x_d)).clamp(0, 1)
+                    logits = D_step(x_d).float()
+                    target = torch.cat([torch.full((len(x_maj),), 1.0 - t.label_smoothing, device=dev),
+                                        torch.zeros(len(neg), device=dev)])
+                    # Mean over each part, then summed: the paper's BCE(1, D(maj)) + BCE(0, D(fake)).
+                    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+                    loss_d = bce[: len(x_maj)].mean() + bce[len(x_maj):].mean()
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                # E and G: make D call the generated images majority.
+                with autocast(dev, t.amp):
+                    z = (EG_step.module["E"] if rt.distributed else EG["E"])(x_min)
+                    fake = (EG_step.module["G"] if rt.distributed else EG["G"])(z)
+                    loss_g = F.binary_cross_entropy_with_logits(D(fake).float(), torch.ones(len(fake), device=dev))
+                    if t.recon_weight > 0:
+                        loss_g = loss_g + t.recon_weight * F.mse_loss(fake.float(), x_min.float())
+                opt_g.zero_grad(set_to_none=True)
+                if rt.distributed:  # the DDP wrapper all-reduces E and G gradients
+                    loss_g = loss_g + 0.0 * sum(p.sum() for p in EG_step.parameters() if p.requires_grad)
+                loss_g.backward()
+                opt_g.step()
+                sums += torch.stack([loss_d.detach(), loss_g.detach()])
+            else:
+                # Supervised baseline: majority -> 1, real minority -> 0, classes weighted equally.
+                with autocast(dev, t.amp):
+                    logits = D_step(torch.cat([x_maj, x_min])).float()
+                    target = torch.cat([torch.ones(len(x_maj), device=dev), torch.zeros(len(x_min), device=dev)])
+                    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+                    loss_d = 0.5 * (bce[: len(x_maj)].mean() + bce[len(x_maj):].mean()) if t.class_weight else bce.mean()
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                sums += torch.stack([loss_d.detach(), torch.zeros((), device=dev)])
+        loss_d_mean, loss_g_mean = (sums / max(steps, 1)).tolist()  # one host sync per epoch
+
+        row = {"epoch": epoch, "loss_d": loss_d_mean, "loss_g": loss_g_mean if egan else math.nan}
+        if rt.is_main:
+            scored = {}
+            for split, ld in eval_loaders.items():
+                y, logits, _ = score_loader(D, ld, dev, t.amp)
+                scored[split] = (y, logits)
+                row.update(_epoch_metrics(split, y, logits, cfg.eval.nash_threshold))
+            row["seconds"] = time.time() - t0
+            history.append(row)
+            _log_epoch(writer, row, EG, x_min, epoch) if egan else _log_epoch(writer, row, None, None, epoch)
+            write_table_atomic(pd.DataFrame(history), os.path.join(run_dir, "metrics.csv"))
+            state = {"config": cfg.to_dict(), "epoch": epoch, "history": history, "rng": rng_state(),
+                     "models": {k: n.state_dict() for k, n in nets.items()},
+                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
+            chosen = selection.select_epoch(history, cfg.eval.select, cfg.eval.nash_threshold)
+            if chosen.epoch == epoch:
+                save_checkpoint(state, os.path.join(ckpt_dir, "best.pt"), keep_previous=False)
+            if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
+                save_checkpoint(state, last)
+            print(f"epoch {epoch + 1}/{t.epochs}  loss_d {loss_d_mean:.3f}  loss_g {row['loss_g']:.3f}  "
+                  f"val auroc {row['val_auroc']:.3f} f1 {row['val_f1']:.3f}  test correct min/maj "
+                  f"{row['test_correct_minority']}/{row['test_correct_majority']}  {row['seconds']:.1f}s", file=sys.stderr)
+        if rt.distributed:
+            torch.distributed.barrier()
+
+    if rt.is_main:
+        if skipped:
+            pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(os.path.join(run_dir, "skipped_images.csv"), index=False)
+        writer.close()
+    return run_dir
+
+
+def _log_epoch(writer, row: dict, EG, x_min, epoch: int) -> None:
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+            split, _, name = key.partition("_")
+            tag = f"{split}/{name}" if split in ("val", "test") else f"train/{key}"
+            writer.add_scalar(tag, float(value), epoch)
+    if EG is not None:
+        with torch.no_grad():
+            EG.eval()
+            fake = EG["G"](EG["E"](x_min[:16])).float().cpu()
+            EG.train()
+        import torchvision
+        writer.add_image("train/generated", torchvision.utils.make_grid(fake, nrow=4), epoch)
+    writer.flush()
+
+
+def _print_summary(cfg: Config, splits: CohortSplits, nets: dict) -> None:
+    print(f"run '{cfg.name}': {cfg.model.kind} on {cfg.data.cohort} at {cfg.data.image_size}px", file=sys.stderr)
+    for split, (n_min, n_maj) in splits.sizes().items():
+        print(f"  {split:5s}: {n_min} minority / {n_maj} majority", file=sys.stderr)
+    for k, n in nets.items():
+        total, trainable = count_parameters(n)
+        print(f"  {k}: {total:,} parameters, {trainable:,} trainable", file=sys.stderr)
+
+
+def dry_run(cfg: Config) -> None:
+    """Build cohort and networks, print parameter counts and split sizes, and exit."""
+    splits = load_splits(cfg)
+    nets = build_networks(cfg) if cfg.model.kind != "knn" else {}
+    _print_summary(cfg, splits, nets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m egan_med.train", description=__doc__.splitlines()[0])
+    p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=3")
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--dry-run", action="store_true", help="build cohort and networks, print sizes, exit")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (fails if it has no checkpoint)")
+    p.add_argument("--force", action="store_true", help="replace a run directory that belongs to another config")
+    args = p.parse_args(argv)
+    from egan_med.cohort import CohortError
+    from egan_med.data import BadImageError
+    from egan_med.checkpoint import CheckpointError
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            dry_run(cfg)
+            return 0
+        run_dir = args.out or os.path.join("runs", cfg.name)
+        train(cfg, run_dir, resume=True if args.resume else None, force=args.force)
+        if cfg.eval.baseline and cfg.model.kind == "egan":
+            # Same cohort, splits, backbone and freezing; only the objective differs.
+            base = copy.deepcopy(cfg)
+            base.name, base.model.kind, base.eval.baseline, base.eval.knn = f"{cfg.name}-baseline", "supervised", False, False
+            train(base, os.path.join(run_dir, "baseline"), resume=True if args.resume else None, force=args.force)
+        if int(os.environ.get("RANK", "0")) == 0:
+            from egan_med.evaluate import finalize_run
+            finalize_run(run_dir)
+            print(f"done: {run_dir}/report.md", file=sys.stderr)
+    except (ConfigError, CohortError, RunDirError, WeightsError, BadImageError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
