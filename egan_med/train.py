@@ -27,7 +27,9 @@ from egan_med.rundir import RunDirError, prepare_run_dir, write_table_atomic
 from egan_med.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
 from egan_med.scoring import autocast, score_loader
 from egan_med.splits import CohortSplits, load_splits
-from egan_med.models import Classifier, Discriminator, Encoder, Generator, WeightsError, count_parameters
+from egan_med.models import (Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, WeightsError,
+                             count_parameters)
+from egan_med.feature_cache import trunk_cache
 from egan_med import metrics, selection
 
 
@@ -94,18 +96,15 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
     for n in nets.values():
         n.to(dev).train()
     egan = cfg.model.kind == "egan"
+    D = nets["D"] if egan else nets["C"]
+    adam = lambda module, lr: torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, betas=(t.beta1, 0.999))
+    optimizers = {"opt_d": adam(D, t.lr_d)}
+    EG = EncoderGenerator(nets["E"], nets["G"]) if egan else None
     if egan:
-        D = nets["D"]
-        EG = torch.nn.ModuleDict({"E": nets["E"], "G": nets["G"]})
-        opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=t.lr_d, betas=(t.beta1, 0.999))
-        opt_g = torch.optim.Adam([p for p in EG.parameters() if p.requires_grad], lr=t.lr_g, betas=(t.beta1, 0.999))
-    else:
-        D = nets["C"]
-        opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=t.lr_d, betas=(t.beta1, 0.999))
-        EG, opt_g = None, None
-    optimizers = {"opt_d": opt_d} | ({"opt_g": opt_g} if opt_g else {})
-    D_step = DDP(D, device_ids=[dev.index] if dev.type == "cuda" else None) if rt.distributed else D
-    EG_step = (DDP(EG, device_ids=[dev.index] if dev.type == "cuda" else None) if rt.distributed else EG) if egan else None
+        optimizers["opt_g"] = adam(EG, t.lr_g)
+    opt_d, opt_g = optimizers["opt_d"], optimizers.get("opt_g")
+    ddp = (lambda m: DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None)) if rt.distributed else (lambda m: m)
+    pair_step, eg_step = ddp(ScorePair(D)), (ddp(EG) if egan else None)
 
     history: list[dict] = []
     start_epoch, ckpt_dir = 0, os.path.join(run_dir, "checkpoints")
@@ -119,7 +118,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
         set_rng_state(state["rng"])
         history, start_epoch = state["history"], int(state["epoch"]) + 1
         if rt.is_main:
-            print(f"resuming {run_dir} after epoch {start_epoch - 1} of {t.epochs}", file=sys.stderr)
+            print(f"resuming {run_dir} after epoch {start_epoch} of {t.epochs}", file=sys.stderr)
 
     writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_epoch) if rt.is_main else None
     if writer is not None and start_epoch == 0:
@@ -128,6 +127,9 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
         _print_summary(cfg, splits, nets)
 
     n_min = min(len(ds_minor), t.minority_cap)
+    # Frozen-trunk cache: real images never change without augmentation, so their trunk activations
+    # are computed once; generated images still pass through all of D.
+    major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
     for epoch in range(start_epoch, t.epochs):
         t0 = time.time()
         # Every random draw of an epoch follows from (seed, epoch): a resumed run redoes it exactly.
@@ -136,7 +138,8 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
             ds.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        loader.generator.manual_seed(t.seed * 100003 + epoch) if loader.generator is not None else None
+        if loader.generator is not None:
+            loader.generator.manual_seed(t.seed * 100003 + epoch)
         x_min = torch.stack([ds_minor[i]["image"] for i in range(n_min)]).to(dev)
         sums = torch.zeros(2, device=dev)
         steps = len(loader) if t.max_steps_per_epoch == 0 else min(len(loader), t.max_steps_per_epoch)
@@ -144,44 +147,44 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
         for step, batch in enumerate(bar):
             if step >= steps:
                 break
-            x_maj = batch["image"].to(dev, non_blocking=True)
+            if major_cache is not None:
+                real, n_real = major_cache.take(batch["index"]), len(batch["index"])
+            else:
+                real = batch["image"].to(dev, non_blocking=True)
+                n_real = len(real)
             if egan:
-                # D: real majority -> 1, generated from minority codes -> 0 (and, semi-supervised, real minority -> 0).
+                # D: real majority -> 1, generated from minority codes -> 0 (semi-supervised: real minority -> 0 too).
                 with autocast(dev, t.amp):
-                    fake = EG_step.module["G"](EG_step.module["E"](x_min)) if rt.distributed else EG["G"](EG["E"](x_min))
-                    neg = torch.cat([fake.detach(), x_min]) if t.semi_supervised else fake.detach()
-                    x_d = torch.cat([x_maj, neg])
+                    with torch.no_grad():
+                        fake = EG(x_min)
+                    neg = torch.cat([fake, x_min]) if t.semi_supervised else fake
                     if t.instance_noise > 0:
-                        x_d = (x_d + t.instance_noise * torch.randn_like(x_d)).clamp(0, 1)
-                    logits = D_step(x_d).float()
-                    target = torch.cat([torch.full((len(x_maj),), 1.0 - t.label_smoothing, device=dev),
-                                        torch.zeros(len(neg), device=dev)])
+                        neg = (neg + t.instance_noise * torch.randn_like(neg)).clamp(0, 1)
+                    logits = pair_step(real, neg, major_cache is not None).float()
+                    target = torch.cat([torch.full((n_real,), 1.0 - t.label_smoothing, device=dev), torch.zeros(len(neg), device=dev)])
                     # Mean over each part, then summed: the paper's BCE(1, D(maj)) + BCE(0, D(fake)).
                     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-                    loss_d = bce[: len(x_maj)].mean() + bce[len(x_maj):].mean()
+                    loss_d = bce[:n_real].mean() + bce[n_real:].mean()
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
                 # E and G: make D call the generated images majority.
                 with autocast(dev, t.amp):
-                    z = (EG_step.module["E"] if rt.distributed else EG["E"])(x_min)
-                    fake = (EG_step.module["G"] if rt.distributed else EG["G"])(z)
+                    fake = eg_step(x_min)
                     loss_g = F.binary_cross_entropy_with_logits(D(fake).float(), torch.ones(len(fake), device=dev))
                     if t.recon_weight > 0:
                         loss_g = loss_g + t.recon_weight * F.mse_loss(fake.float(), x_min.float())
                 opt_g.zero_grad(set_to_none=True)
-                if rt.distributed:  # the DDP wrapper all-reduces E and G gradients
-                    loss_g = loss_g + 0.0 * sum(p.sum() for p in EG_step.parameters() if p.requires_grad)
                 loss_g.backward()
                 opt_g.step()
                 sums += torch.stack([loss_d.detach(), loss_g.detach()])
             else:
                 # Supervised baseline: majority -> 1, real minority -> 0, classes weighted equally.
                 with autocast(dev, t.amp):
-                    logits = D_step(torch.cat([x_maj, x_min])).float()
-                    target = torch.cat([torch.ones(len(x_maj), device=dev), torch.zeros(len(x_min), device=dev)])
+                    logits = pair_step(real, x_min, major_cache is not None).float()
+                    target = torch.cat([torch.ones(n_real, device=dev), torch.zeros(len(x_min), device=dev)])
                     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-                    loss_d = 0.5 * (bce[: len(x_maj)].mean() + bce[len(x_maj):].mean()) if t.class_weight else bce.mean()
+                    loss_d = 0.5 * (bce[:n_real].mean() + bce[n_real:].mean()) if t.class_weight else bce.mean()
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
@@ -197,7 +200,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
                 row.update(_epoch_metrics(split, y, logits, cfg.eval.nash_threshold))
             row["seconds"] = time.time() - t0
             history.append(row)
-            _log_epoch(writer, row, EG, x_min, epoch) if egan else _log_epoch(writer, row, None, None, epoch)
+            _log_epoch(writer, row, EG, x_min, epoch)
             write_table_atomic(pd.DataFrame(history), os.path.join(run_dir, "metrics.csv"))
             state = {"config": cfg.to_dict(), "epoch": epoch, "history": history, "rng": rng_state(),
                      "models": {k: n.state_dict() for k, n in nets.items()},
@@ -229,7 +232,7 @@ def _log_epoch(writer, row: dict, EG, x_min, epoch: int) -> None:
     if EG is not None:
         with torch.no_grad():
             EG.eval()
-            fake = EG["G"](EG["E"](x_min[:16])).float().cpu()
+            fake = EG(x_min[:16]).float().cpu()
             EG.train()
         import torchvision
         writer.add_image("train/generated", torchvision.utils.make_grid(fake, nrow=4), epoch)

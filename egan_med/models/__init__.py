@@ -1,5 +1,5 @@
 """Networks: backbones, eGAN's E/G/D, and baselines."""
 from egan_med.models.backbones import BACKBONES, Backbone, WeightsError
-from egan_med.models.egan import Classifier, Discriminator, Encoder, Generator, count_parameters
+from egan_med.models.egan import Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, count_parameters
 
-__all__ = ["BACKBONES", "Backbone", "WeightsError", "Classifier", "Discriminator", "Encoder", "Generator", "count_parameters"]
+__all__ = ["BACKBONES", "Backbone", "WeightsError", "Classifier", "Discriminator", "Encoder", "EncoderGenerator", "Generator", "ScorePair", "count_parameters"]

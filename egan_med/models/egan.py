@@ -80,3 +80,29 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+class EncoderGenerator(nn.Module):
+    """E then G as one module, so DDP wraps one forward per step."""
+
+    def __init__(self, encoder: Encoder, generator: Generator):
+        super().__init__()
+        self.E, self.G = encoder, generator
+
+    def forward(self, x: torch.Tensor, from_trunk: bool = False) -> torch.Tensor:
+        return self.G(self.E(x, from_trunk))
+
+
+class ScorePair(nn.Module):
+    """D on real images (or their cached trunk outputs) and on negatives, in one forward.
+
+    Two inner calls in a fixed order keep the cached and uncached paths identical, dropout
+    masks included, while DDP still sees a single forward per backward.
+    """
+
+    def __init__(self, scorer: nn.Module):
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, real, negatives: torch.Tensor, real_from_trunk: bool = False) -> torch.Tensor:
+        return torch.cat([self.scorer(real, real_from_trunk), self.scorer(negatives)])
