@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from egan_med.config import Config, ConfigError, load_config
@@ -78,6 +77,7 @@ def train(cfg: Config, run_dir: str, resume: bool | None = None, force: bool = F
 def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
     from torch.utils.tensorboard import SummaryWriter
     from egan_med import data as dl
+    from egan_med.data.samplers import BatchShardSampler
 
     t, dev = cfg.train, rt.device
     seed_everything(t.seed)
@@ -86,9 +86,10 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
     ds_major = dl.make_dataset(splits.train_majority, splits.root, cfg.data, train=True, seed=t.seed, skipped=skipped)
     ds_minor = dl.make_dataset(splits.train_minority, splits.root, cfg.data, train=True, seed=t.seed + 1, skipped=skipped)
     ds_eval = {s: dl.make_dataset(getattr(splits, s), splits.root, cfg.data, train=False, skipped=skipped) for s in ("val", "test")}
-    sampler = DistributedSampler(ds_major, rt.world_size, rt.rank, shuffle=True, seed=t.seed) if rt.distributed else None
-    loader = dl.make_loader(ds_major, t.batch_size, shuffle=sampler is None, num_workers=cfg.data.num_workers,
-                            seed=t.seed, sampler=sampler)
+    # DDP: each rank takes its slice of the single-process batch, so N processes train like one.
+    sampler = BatchShardSampler(ds_major, t.seed, t.batch_size, rt.rank, rt.world_size) if rt.distributed else None
+    loader = dl.make_loader(ds_major, t.batch_size // rt.world_size, shuffle=sampler is None,
+                            num_workers=cfg.data.num_workers, seed=t.seed, sampler=sampler)
     eval_loaders = {s: dl.make_loader(d, 256, shuffle=False, num_workers=cfg.data.num_workers, seed=t.seed)
                     for s, d in ds_eval.items()}
 
@@ -136,8 +137,6 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
         seed_everything(t.seed * 100003 + epoch)
         for ds in (ds_major, ds_minor):
             ds.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
         if loader.generator is not None:
             loader.generator.manual_seed(t.seed * 100003 + epoch)
         x_min = torch.stack([ds_minor[i]["image"] for i in range(n_min)]).to(dev)
@@ -189,6 +188,9 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
                 loss_d.backward()
                 opt_d.step()
                 sums += torch.stack([loss_d.detach(), torch.zeros((), device=dev)])
+        if rt.distributed:
+            torch.distributed.all_reduce(sums)
+            sums /= rt.world_size
         loss_d_mean, loss_g_mean = (sums / max(steps, 1)).tolist()  # one host sync per epoch
 
         row = {"epoch": epoch, "loss_d": loss_d_mean, "loss_g": loss_g_mean if egan else math.nan}

@@ -1,0 +1,50 @@
+"""Sharding for DDP that keeps results independent of the number of processes."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from egan_med.data.datasets import _SHUFFLE_STREAM, CohortDataset
+from egan_med.data.transforms import item_seed
+
+
+class BatchShardSampler(Sampler[int]):
+    """Rank ``r`` of ``W`` gets the r-th slice of every global batch of the single-process order.
+
+    ``torch.utils.data.DistributedSampler`` deals items round-robin from its own permutation, so
+    a 2-GPU run sees different batches than a 1-GPU run. Here the global batches are exactly the
+    single-process ones (same seeded order, same ``train.batch_size``), and DDP's gradient
+    average over equal slices equals the single-process batch mean.
+
+    Args:
+        dataset: a CohortDataset (its ``epoch`` picks the order).
+        seed: the run's seed.
+        batch_size: the GLOBAL batch size; must divide by ``world_size``.
+        rank: this process.
+        world_size: number of processes.
+    """
+
+    def __init__(self, dataset: CohortDataset, seed: int, batch_size: int, rank: int, world_size: int) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {world_size} processes")
+        self.dataset, self.seed, self.batch, self.rank, self.world = dataset, seed, batch_size, rank, world_size
+
+    def _slices(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(item_seed(self.seed, self.dataset.epoch, _SHUFFLE_STREAM))
+        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        out = []
+        for start in range(0, len(order), self.batch):
+            batch = order[start:start + self.batch]
+            if len(batch) < self.world:  # every rank must take the same number of steps, or DDP hangs
+                break
+            per = -(-len(batch) // self.world)  # a short last batch: ceil share, last rank may get fewer
+            out.append(batch[self.rank * per:(self.rank + 1) * per])
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([i for part in self._slices() for i in part])
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._slices())
