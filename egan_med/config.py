@@ -25,19 +25,19 @@ class DataConfig:
     cohort: str = "cohorts/pneumoniamnist_1to36/cohort.csv"  # manifest written by scripts/build_cohort.py
     root: str = ""  # folder the manifest's paths are relative to; "" = the root stored in cohort.json
     fold: int = -1  # use only minority train images of this fold (-1 = all)
-    image_size: int = 32
+    image_size: int = 32  # pixels per side fed to the networks (multiple of 4)
     channels: int = 3  # what the backbone wants; grayscale is repeated
     kind: str = "radiograph"  # radiograph | natural: picks the augmentation chain
-    augment: bool = True
+    augment: bool = True  # random augmentation of training images
     hflip: bool = False  # radiographs: off, the heart is on the left
-    rotate_deg: float = 5.0
-    scale: float = 0.05
-    translate: float = 0.05
-    contrast: float = 0.1
-    gamma: float = 0.1
-    noise_std: float = 0.01
+    rotate_deg: float = 5.0  # radiograph chain: max rotation in degrees
+    scale: float = 0.05  # radiograph chain: max relative zoom
+    translate: float = 0.05  # radiograph chain: max shift, fraction of the side
+    contrast: float = 0.1  # radiograph chain: max relative contrast change
+    gamma: float = 0.1  # radiograph chain: max gamma deviation from 1
+    noise_std: float = 0.01  # radiograph chain: Gaussian noise std on [0, 1] images
     cache_dir: str = ""  # persistent uint8 cache of decoded, resized images ("" = off)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes
     on_bad_image: str = "fail"  # fail | skip
 
 
@@ -46,42 +46,42 @@ class ModelConfig:
     """Networks: which backbones, where their weights come from, how much of them trains."""
 
     kind: str = "egan"  # egan | supervised | knn
-    encoder: str = "efficientnet_lite0"
-    discriminator: str = "efficientnet_lite0"
+    encoder: str = "efficientnet_lite0"  # densenet121 | vgg16 | vgg19 | resnet101 | efficientnet_b2 | efficientnet_lite0
+    discriminator: str = "efficientnet_lite0"  # same choices; may differ from the encoder (Table 3)
     weights: str = "imagenet"  # imagenet | none | path to a state dict (both networks)
     encoder_weights: str = ""  # overrides `weights` for E ("" = same as weights)
     discriminator_weights: str = ""  # overrides `weights` for D
     trainable_blocks: int = -1  # -1 = the paper's "top 5 layers" mapping of each backbone
     train_bn: bool = False  # True: trainable blocks' BatchNorm also update running stats
-    latent_dim: int = 128
-    dropout: float = 0.2
-    spectral_norm: bool = False
-    knn_k: int = 5
+    latent_dim: int = 128  # size of E's code
+    dropout: float = 0.2  # before D's one-unit head
+    spectral_norm: bool = False  # spectral normalisation on D's trainable layers and head
+    knn_k: int = 5  # neighbours averaged by the kNN one-class baseline
 
 
 @dataclass
 class TrainConfig:
     """The training loop."""
 
-    epochs: int = 10
+    epochs: int = 10  # passes over the majority training set
     batch_size: int = 128  # majority images per step
     minority_cap: int = 2500  # every step pushes up to this many minority images through E and G
     max_steps_per_epoch: int = 0  # 0 = a full pass over the majority set
-    lr_d: float = 1e-4
-    lr_g: float = 1e-4
-    beta1: float = 0.9
-    label_smoothing: float = 0.0
-    instance_noise: float = 0.0
-    r1_gamma: float = 0.0
+    lr_d: float = 1e-4  # Adam learning rate of D (or of the supervised classifier)
+    lr_g: float = 1e-4  # Adam learning rate of E and G
+    beta1: float = 0.9  # Adam beta1 for both optimisers
+    label_smoothing: float = 0.0  # D's target for real majority is 1 - this
+    instance_noise: float = 0.0  # Gaussian noise std added to D's negatives
+    r1_gamma: float = 0.0  # R1 gradient penalty on real majority images (single process, no feature cache)
     recon_weight: float = 0.0  # ties G(E(x)) to x; 0 = the paper
     semi_supervised: bool = False  # D also sees real minority images as negatives (not the paper)
     class_weight: bool = True  # supervised baseline: weight BCE by the imbalance
-    seed: int = 0
+    seed: int = 0  # every random draw of an epoch follows from (seed, epoch)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA
-    compile: bool = False
+    compile: bool = False  # torch.compile the training step's networks
     feature_cache: bool = False  # cache frozen-trunk activations of real images (needs augment off)
-    checkpoint_every: int = 1
+    checkpoint_every: int = 1  # epochs between last.pt writes (the final epoch is always written)
 
 
 @dataclass
@@ -92,7 +92,7 @@ class EvalConfig:
     nash_threshold: float = 20.0  # |correct minority - correct majority| at 1000+1000 test images
     operating_point: str = "logit0"  # logit0 | sensitivity | specificity
     target: float = 0.9  # the sensitivity or specificity to reach on validation
-    bootstrap: int = 1000
+    bootstrap: int = 1000  # bootstrap resamples for the 95% CIs (0 = none)
     baseline: bool = False  # also train the supervised baseline on the same cohort
     knn: bool = False  # also fit the one-class kNN on frozen features
 
@@ -210,6 +210,7 @@ def _check(cfg: Config) -> None:
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
          "must be auto, cpu, cuda or cuda:N")
     need(not (t.feature_cache and d.augment), "train.feature_cache", "needs data.augment=false (cached views are fixed)")
+    need(not (t.r1_gamma > 0 and t.feature_cache), "train.r1_gamma", "needs train.feature_cache=false (the penalty differentiates through the trunk)")
     need(e.nash_threshold >= 0, "eval.nash_threshold", "must be >= 0")
     need(0 < e.target < 1, "eval.target", "must be within (0, 1)")
     need(e.bootstrap >= 0, "eval.bootstrap", "must be >= 0")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from egan_med.config import Config, ConfigError, load_config
 from egan_med.checkpoint import load_checkpoint, save_checkpoint
-from egan_med.rundir import RunDirError, prepare_run_dir, write_table_atomic
+from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, write_table_atomic
 from egan_med.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
 from egan_med.scoring import autocast, score_loader
 from egan_med.splits import CohortSplits, load_splits
@@ -63,23 +63,22 @@ def train(cfg: Config, run_dir: str, resume: bool | None = None, force: bool = F
     Returns:
         The run directory.
     """
+    wipe = check_run_dir(run_dir, cfg, resume=resume, force=force)  # fail before any expensive work
     rt: Runtime = setup_runtime(cfg.train.device)
     try:
-        if rt.is_main:
-            prepare_run_dir(run_dir, cfg, resume=resume, force=force)
-        if rt.distributed:
-            torch.distributed.barrier()
-        return _train(cfg, run_dir, rt, resume)
+        return _train(cfg, run_dir, rt, resume, wipe)
     finally:
         teardown(rt)
 
 
-def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
+def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bool) -> str:
     from torch.utils.tensorboard import SummaryWriter
     from egan_med import data as dl
     from egan_med.data.samplers import BatchShardSampler
 
     t, dev = cfg.train, rt.device
+    if rt.distributed and t.r1_gamma > 0:
+        raise ConfigError("train.r1_gamma: the R1 penalty is single-process only; set it to 0 under torchrun")
     seed_everything(t.seed)
     splits: CohortSplits = load_splits(cfg)
     skipped: list = []
@@ -96,6 +95,11 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
     nets = build_networks(cfg)
     for n in nets.values():
         n.to(dev).train()
+    # Only now, with cohort, images and weights all readable, does anything get written.
+    if rt.is_main:
+        create_run_dir(run_dir, cfg, wipe)
+    if rt.distributed:
+        torch.distributed.barrier()
     egan = cfg.model.kind == "egan"
     D = nets["D"] if egan else nets["C"]
     adam = lambda module, lr: torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, betas=(t.beta1, 0.999))
@@ -110,7 +114,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
     history: list[dict] = []
     start_epoch, ckpt_dir = 0, os.path.join(run_dir, "checkpoints")
     last = os.path.join(ckpt_dir, "last.pt")
-    if resume is not False and (os.path.exists(last) or os.path.exists(last + ".prev")):
+    if resume is not False and not wipe and (os.path.exists(last) or os.path.exists(last + ".prev")):
         state = load_checkpoint(last)
         for k, n in nets.items():
             n.load_state_dict(state["models"][k])
@@ -164,6 +168,10 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
                     # Mean over each part, then summed: the paper's BCE(1, D(maj)) + BCE(0, D(fake)).
                     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
                     loss_d = bce[:n_real].mean() + bce[n_real:].mean()
+                    if t.r1_gamma > 0:  # R1: penalise D's input gradient on real data (Mescheder et al. 2018)
+                        x_r1 = real.detach().requires_grad_(True)
+                        (grad,) = torch.autograd.grad(D(x_r1).sum(), x_r1, create_graph=True)
+                        loss_d = loss_d + 0.5 * t.r1_gamma * grad.float().pow(2).flatten(1).sum(1).mean()
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
@@ -193,7 +201,9 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None) -> str:
             sums /= rt.world_size
         loss_d_mean, loss_g_mean = (sums / max(steps, 1)).tolist()  # one host sync per epoch
 
-        row = {"epoch": epoch, "loss_d": loss_d_mean, "loss_g": loss_g_mean if egan else math.nan}
+        train_seconds = time.time() - t0
+        row = {"epoch": epoch, "loss_d": loss_d_mean, "loss_g": loss_g_mean if egan else math.nan,
+               "train_seconds": train_seconds, "train_images_per_s": steps * t.batch_size / max(train_seconds, 1e-9)}
         if rt.is_main:
             scored = {}
             for split, ld in eval_loaders.items():

@@ -125,3 +125,13 @@ def test_torchrun_two_processes_match_one(tiny_cohort, tmp_path):
     for col in ("loss_d", "loss_g", "val_auroc", "test_auroc"):
         assert abs(a[col].iloc[-1] - b[col].iloc[-1]) < 1e-3, col  # stated tolerance: 1e-3
     assert (a.test_correct_minority == b.test_correct_minority).all()
+
+
+def test_feature_cache_matches_the_uncached_path(tiny_cohort, tmp_path):
+    extra = ["data.augment=false", "train.epochs=1"]
+    assert _run(tiny_cohort, tmp_path / "plain", *extra) == 0
+    assert _run(tiny_cohort, tmp_path / "cached", *extra, "train.feature_cache=true") == 0
+    a = pd.read_csv(tmp_path / "plain" / "metrics.csv")
+    b = pd.read_csv(tmp_path / "cached" / "metrics.csv")
+    for col in ("loss_d", "loss_g", "val_auroc", "test_auroc", "test_f1"):
+        assert abs(a[col].iloc[0] - b[col].iloc[0]) < 1e-4, col
