@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from egan_med import metrics, plots, report, selection
+from egan_med import metrics, model_card, plots, report, selection
 from egan_med.checkpoint import CheckpointError, load_checkpoint
 from egan_med.config import Config, ConfigError, config_from_dict
 from egan_med.scoring import score_loader
@@ -34,14 +34,14 @@ def _eval_loaders(cfg: Config, splits: CohortSplits, names: tuple[str, ...]) -> 
 
 def load_scorer(run_dir: str, which: str = "best") -> tuple[torch.nn.Module, Config, dict]:
     """The scoring network (D, or the classifier) of a run, with its config and checkpoint."""
-    from egan_med.train import build_networks
+    from egan_med.models import Classifier, Discriminator
 
     state = load_checkpoint(os.path.join(run_dir, "checkpoints", f"{which}.pt"))
     cfg = config_from_dict(state["config"])
-    nets = build_networks(cfg)
-    key = "D" if cfg.model.kind == "egan" else "C"
-    nets[key].load_state_dict(state["models"][key])
-    return nets[key].eval(), cfg, state
+    key, cls = ("D", Discriminator) if cfg.model.kind == "egan" else ("C", Classifier)
+    net = cls(cfg.model, load_weights=False)  # the checkpoint holds every weight: no ImageNet file needed
+    net.load_state_dict(state["models"][key])
+    return net.eval(), cfg, state
 
 
 def _operating_point(cfg: Config, sensitivity: float | None, specificity: float | None,
@@ -130,6 +130,7 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
                    "epoch": int(chosen.epoch), "selection": chosen.reason, "score": "minority score = -logit; minority when score > threshold"}, fh, indent=2)
     if default:
         _log_hparams(run_dir, cfg, rows[0])
+        model_card.write_model_card(run_dir, val_scores=(y_val, logit_val))
     return rows
 
 

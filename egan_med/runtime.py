@@ -37,6 +37,9 @@ def setup_runtime(device: str = "auto") -> Runtime:
     Returns:
         The ``Runtime`` of this process.
     """
+    from egan_med.scoring import cpu_speedups
+
+    cpu_speedups()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

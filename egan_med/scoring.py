@@ -10,6 +10,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 
+def cpu_speedups() -> None:
+    """Flush denormal floats to zero: they make CPU convolutions several times slower (2.6 s vs 0.13 s measured)."""
+    torch.set_flush_denormal(True)
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 is slower on most CPUs)."""
     if enabled and device.type == "cuda":
@@ -32,6 +37,7 @@ def score_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp
     Returns:
         (y, logits, index): minority labels, float32 logits and dataset row positions.
     """
+    cpu_speedups()
     was_training = model.training
     model.eval()
     ys, logits, idx = [], [], []

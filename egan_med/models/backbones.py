@@ -255,16 +255,19 @@ class Backbone(nn.Module):
         trainable_units: how many units at the top train; -1 = the paper's mapping.
         train_bn: let BatchNorm in trainable units update running statistics; by default every
             BatchNorm stays in inference mode, as in the paper's Keras code (``training=False``).
+        load: read the weights; False when a checkpoint will overwrite them anyway.
     """
 
-    def __init__(self, name: str, weights: str = "imagenet", trainable_units: int = -1, train_bn: bool = False):
+    def __init__(self, name: str, weights: str = "imagenet", trainable_units: int = -1, train_bn: bool = False,
+                 load: bool = True):
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
         spec = BACKBONES[name]
         units, holder = spec.build()
         self.name, self.out_channels, self.train_bn = name, spec.channels, train_bn
-        self.weights_source = load_weights(name, weights, holder)
+        # load=False builds the same layout (a checkpoint will fill it) without reading weight files.
+        self.weights_source = load_weights(name, weights, holder) if load else "from checkpoint"
         n_top = spec.paper_trainable_units if trainable_units < 0 else min(trainable_units, len(units))
         # Random weights with frozen inference-mode BatchNorm output a constant (NOTES.md), so an
         # untrained network must train, BatchNorm included, for an ablation to mean anything.

@@ -55,9 +55,10 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """Scores images: a positive logit means majority, negative means minority."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, load_weights: bool = True):
         super().__init__()
-        self.backbone = Backbone(cfg.discriminator, _weights(cfg, "discriminator"), cfg.trainable_blocks, cfg.train_bn)
+        self.backbone = Backbone(cfg.discriminator, _weights(cfg, "discriminator"), cfg.trainable_blocks, cfg.train_bn,
+                                 load=load_weights)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(self.backbone.out_channels, 1)
         if cfg.spectral_norm:

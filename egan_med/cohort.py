@@ -1,0 +1,399 @@
+"""Cohorts: which images are minority/majority, which split each belongs to, and why the rest were left out.
+
+A cohort is a folder with ``cohort.csv`` (one row per image: path, minority, split, fold, patient, study),
+``cohort.json`` (options, seed, input SHA-256, root, counts, stage table, exclusion summary) and, when not too
+big, ``excluded.csv`` (path, reason). Splits are patient-disjoint and checked before anything is written;
+the folder appears atomically. Source readers live in egan_med.cohort_sources.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import operator
+import os
+import posixpath
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ["path", "minority", "split", "fold", "patient", "study"]
+FORMAT = "egan_med.cohort/1"
+EXCLUDED_CSV_MAX_ROWS = 250_000  # above this only the per-reason counts are kept
+REASONS = {
+    "uncertain": "label -1 (uncertain) under --uncertain ignore", "view": "view not selected by --views",
+    "same_study": "another image of the same study represents it (--unit study)",
+    "other_class": "class is neither --minority nor --majority", "no_label": "blank label",
+    "not_image": "file is not an image", "not_sampled": "in the pool but not drawn by the requested sizes/ratio/folds",
+}
+
+
+class CohortError(ValueError):
+    """Bad input or an unsatisfiable request; the message is one line naming the problem."""
+
+
+@dataclass
+class CohortOptions:
+    """What to build. `source` is csv|nih|generic|folder|medmnist|cifar; `input` its file or folder."""
+
+    source: str = "csv"
+    input: str = ""
+    label: str | None = None  # CheXpert/NIH observation; default Pneumonia
+    uncertain: str | None = None  # CheXpert: ignore|zeros|ones (default ignore)
+    unit: str | None = None  # CheXpert: study|image (default study)
+    views: str = "all"  # all|frontal|lateral
+    minority: str | None = None  # class name/index for folder, npz, CIFAR, generic sources
+    majority: str | None = None  # None = every other class
+    dataset: str | None = None  # CIFAR: cifar10 (default) | cifar100
+    coarse: bool = False  # CIFAR-100 coarse labels
+    patient_regex: str | None = None  # folder source: first group of this regex on the path = patient
+    ratio: float | None = None  # training majority per minority
+    train_minority: int | None = None  # per fold when folds > 0
+    train_majority: int | None = None
+    val_minority: int | None = None
+    val_majority: int | None = None
+    test_minority: int | None = None
+    test_majority: int | None = None
+    folds: int = 0
+    val_frac: float = 0.1  # per class, when val is carved and no size is given
+    test_frac: float = 0.2  # per class, when the source has no official test split
+    seed: int = 0
+    root: str | None = None
+
+    def recorded(self) -> dict:
+        """Options as stored in cohort.json (input and root are stored relative to the cohort instead)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("input", "root")}
+
+    def validate(self) -> None:
+        """Range checks that need no data."""
+        if self.ratio is not None and not (math.isfinite(self.ratio) and self.ratio > 0):
+            raise CohortError(f"--ratio must be a positive number, got {self.ratio}")
+        for name in (f"{s}_{c}" for s in SPLITS for c in ("minority", "majority")):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise CohortError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.folds < 0 or self.folds == 1:
+            raise CohortError(f"--folds must be 0 (none) or at least 2, got {self.folds}")
+        if not (0 < self.val_frac < 1 and 0 < self.test_frac < 1):
+            raise CohortError(f"--val-frac/--test-frac must be between 0 and 1, got {self.val_frac}/{self.test_frac}")
+        if self.ratio is not None and self.train_minority is not None and self.train_majority is not None:
+            raise CohortError("give at most two of --ratio, --train-minority, --train-majority")
+
+
+def stage(name: str, images: int, studies: int | None = None) -> dict:
+    """One row of the stage table."""
+    return {"stage": name, "images": int(images), "studies": None if studies is None else int(studies)}
+
+
+def check_paths_inside(paths: np.ndarray, root: str) -> None:
+    """Refuse empty, absolute or '..' paths that would leave the data root."""
+    lst = paths.tolist()
+    text = "\0".join(lst)  # C-speed scans rule out the common case
+    if {"", "/", "\\"}.isdisjoint(map(operator.itemgetter(slice(0, 1)), lst)) \
+            and not any(s in text for s in ("..", ":", "\\")):
+        return
+    for p in lst:
+        norm = posixpath.normpath(p.replace("\\", "/")) if p else ""
+        if not p or p[0] in "/\\" or p[1:2] == ":" or norm == ".." or norm.startswith("../"):
+            raise CohortError(f"image path(s) escape the data root {root}, e.g. {p!r}")
+
+
+def _group_codes(patient: np.ndarray, study: np.ndarray) -> np.ndarray:
+    """Split groups: the patient; else the study; else the image alone."""
+    key = np.where(patient != "", "p:" + patient, np.where(study != "", "s:" + study, ""))
+    codes = pd.factorize(key)[0]
+    blank = key == ""
+    codes[blank] = codes.max(initial=-1) + 1 + np.arange(int(blank.sum()))
+    return codes
+
+
+def _carve(groups: np.ndarray, mino: np.ndarray, eligible: np.ndarray, need: tuple[int, int],
+           rng: np.random.Generator, name: str) -> np.ndarray:
+    """Whole patients, in random order, until `need` (minority, majority) units are covered."""
+    ng = int(groups.max(initial=-1)) + 1
+    cmin = np.bincount(groups[eligible & mino], minlength=ng)
+    cmaj = np.bincount(groups[eligible & ~mino], minlength=ng)
+    order = rng.permutation(np.flatnonzero(cmin + cmaj))
+    taken = np.zeros(ng, bool)
+    rem_min, rem_maj = need
+    for g, a, b in zip(order.tolist(), cmin[order].tolist(), cmaj[order].tolist()):
+        if rem_min <= 0 and rem_maj <= 0:
+            break
+        if (rem_min > 0 and a) or (rem_maj > 0 and b):  # skip patients that only bring a class already covered
+            taken[g] = True
+            rem_min, rem_maj = rem_min - a, rem_maj - b
+    for rem, want, have, cls in ((rem_min, need[0], cmin, "minority"), (rem_maj, need[1], cmaj, "majority")):
+        if rem > 0:
+            raise CohortError(f"{name} split needs {want} {cls} images but only {have.sum()} are available")
+    return eligible & taken[groups]
+
+
+def _sample(pool: np.ndarray, mino: np.ndarray, want: tuple[int | None, int | None],
+            rng: np.random.Generator, name: str) -> np.ndarray:
+    """Exactly `want` units of each class from `pool` (None = all of that class)."""
+    sel = pool.copy()
+    for cls_mask, n, cls in ((mino, want[0], "minority"), (~mino, want[1], "majority")):
+        if n is None:
+            continue
+        idx = np.flatnonzero(pool & cls_mask)
+        if n > len(idx):
+            raise CohortError(f"{name} split needs {n} {cls} images but only {len(idx)} are available")
+        sel[rng.permutation(idx)[n:]] = False
+    return sel
+
+
+def _train_sizes(avail_min: int, avail_maj: int, o: CohortOptions) -> tuple[int, int]:
+    """(minority per fold, majority) for the training split from sizes, ratio and folds."""
+    k = max(o.folds, 1)
+    n, m, r = o.train_minority, o.train_majority, o.ratio
+    if r is not None:
+        if n is not None:
+            m = round(r * n)
+        elif m is not None:
+            n = math.floor(m / r + 1e-9)
+        else:  # as many as fit: whichever class binds is used in full
+            n_fit = math.floor(avail_maj / r + 1e-9)
+            if n_fit < 1:
+                raise CohortError(f"--ratio {r:g} needs at least {math.ceil(r)} majority training images per minority "
+                                  f"image; only {avail_maj} are available")
+            n, m = (n_fit, avail_maj) if n_fit <= avail_min // k else (avail_min // k, round(r * (avail_min // k)))
+    n = avail_min // k if n is None else n
+    m = avail_maj if m is None else m
+    if n * k > avail_min or n < 1:
+        per = f" ({k} folds x {n})" if k > 1 else ""
+        raise CohortError(f"train split needs {max(n * k, 1)} minority images{per} but only {avail_min} are available")
+    if m > avail_maj or m < 1:
+        raise CohortError(f"train split needs {max(m, 1)} majority images but only {avail_maj} are available")
+    return n, m
+
+
+def assign(t, o: CohortOptions, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split code (index into SPLITS, -1 = not sampled) and fold (-1 = none) for every unit of table `t`."""
+    n = len(t.path)
+    split = np.full(n, -1, np.int8)
+    fold = np.full(n, -1, np.int16)
+    mino = t.minority.astype(bool)
+    for cls, mask in (("minority", mino), ("majority", ~mino)):
+        if not mask.any():
+            raise CohortError(f"empty class: no {cls} images left after the label policy and filters ({n} left)")
+    groups = t.patient_code if t.patient_code is not None else _group_codes(t.patient, t.study)
+    official = t.official
+    train_pool = official == "train" if official is not None else np.ones(n, bool)
+    free = np.ones(n, bool)
+    for code, name in ((2, "test"), (1, "val")):
+        want = (getattr(o, f"{name}_minority"), getattr(o, f"{name}_majority"))
+        if official is not None and (official == name).any():
+            pool = official == name
+        else:  # carve from the (official) training images, whole patients at a time
+            eligible = free & train_pool
+            frac = o.test_frac if name == "test" else o.val_frac
+            counts = (int((eligible & mino).sum()), int((eligible & ~mino).sum()))
+            need = tuple(w if w is not None else max(1, round(frac * c)) for w, c in zip(want, counts))
+            pool = _carve(groups, mino, eligible, need, rng, name)
+        split[_sample(pool, mino, want, rng, name)] = code
+        free &= ~pool
+    pool = free & train_pool
+    n_fold, n_maj = _train_sizes(int((pool & mino).sum()), int((pool & ~mino).sum()), o)
+    k = max(o.folds, 1)
+    mins = rng.permutation(np.flatnonzero(pool & mino))[: n_fold * k]
+    split[mins] = 0
+    if o.folds:
+        fold[mins] = np.arange(len(mins)) // n_fold
+    split[rng.permutation(np.flatnonzero(pool & ~mino))[:n_maj]] = 0
+    for code, name in enumerate(SPLITS):
+        for cls, mask in (("minority", mino), ("majority", ~mino)):
+            if not (split[mask] == code).any():
+                raise CohortError(f"{name} split has no {cls} images ({int(mask.sum())} in the pool)")
+    return split, fold
+
+
+def check_no_leak(split: np.ndarray, patient: np.ndarray, study: np.ndarray,
+                  codes: dict[str, np.ndarray | None] | None = None) -> None:
+    """Raise CohortError if a patient, or a study of a patient, appears in more than one split.
+
+    Args:
+        split: split code (index into SPLITS) per image.
+        patient, study: ids per image ("" = unknown; study ids are scoped by patient).
+        codes: optional precomputed int codes of patient/study (-1 = unknown; the same grouping, faster).
+    """
+    for what, key in (("patient", patient), ("study", study)):
+        code = (codes or {}).get(what)
+        known = key != "" if code is None else code >= 0
+        if code is None:
+            code = pd.factorize((key if what == "patient" else patient + "/" + key)[known])[0]
+        else:
+            code = code[known]
+        seen = np.zeros((int(code.max(initial=-1)) + 1, len(SPLITS)), bool)
+        seen[code, split[known]] = True
+        leaking = np.flatnonzero(seen.sum(axis=1) > 1)
+        if leaking.size:
+            example = key[known][np.flatnonzero(code == leaking[0])[0]]
+            raise CohortError(f"refusing to write a leaking cohort: {leaking.size} {what}(s) in more than one split, "
+                              f"e.g. {example!r}")
+
+
+def _csv_text(header: list[str], cols: list[list[str]], widths: list[int] | None = None, plain: bool = False) -> str:
+    """CSV text; column i may hold widths[i] pre-joined fields ("1,train,-1"). The plain join is exact when no field
+    needs quoting (known, or checked by counting separators); otherwise the csv module quotes."""
+    body, rows = "\n".join(map(",".join, zip(*cols))), len(cols[0])
+    if plain or body.count(",") == rows * (len(header) - 1) and body.count("\n") == max(rows - 1, 0) \
+            and '"' not in body and "\r" not in body:
+        return ",".join(header) + "\n" + body + ("\n" if rows else "")
+    buf, widths = io.StringIO(), widths or [1] * len(cols)
+    csv.writer(buf, lineterminator="\n").writerows([header] + [
+        [f for v, n in zip(row, widths) for f in (v.split(",") if n > 1 else [v])] for row in zip(*cols)])
+    return buf.getvalue()
+
+
+def _excluded_text(excluded: list[tuple[np.ndarray, str]], n: int) -> str:
+    """excluded.csv: one C-level join per reason (all its paths share it), else the general writer."""
+    text = "path,reason\n" + "".join(f",{r}\n".join(p.tolist()) + f",{r}\n" for p, r in excluded)
+    if text.count(",") == n + 1 and text.count("\n") == n + 1 and '"' not in text and "\r" not in text:
+        return text
+    paths, reasons = [x for p, _ in excluded for x in p.tolist()], [r for p, r in excluded for _ in p]
+    return _csv_text(["path", "reason"], [paths, reasons])
+
+
+def write_atomic(out: str, files: dict[str, str], overwrite: bool) -> None:
+    """Write `files` into a sibling temp folder, then rename it to `out` (replacing it if `overwrite`; other
+    files already in `out` are carried over)."""
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    try:
+        for name, text in files.items():
+            with open(os.path.join(tmp, name), "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+        os.chmod(tmp, 0o755)
+        if not os.path.exists(out):
+            os.rename(tmp, out)
+        elif not overwrite:
+            raise CohortError(f"{out} exists; pass --overwrite to replace it")
+        else:
+            for extra in sorted(set(os.listdir(out)) - {"cohort.csv", "cohort.json", "excluded.csv"}):
+                if os.path.isfile(os.path.join(out, extra)):  # e.g. a README kept beside the cohort files
+                    shutil.copy2(os.path.join(out, extra), tmp)
+            os.rename(out, tmp + ".old")
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                os.rename(tmp + ".old", out)  # put the previous cohort back
+                raise
+            shutil.rmtree(tmp + ".old")
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+
+
+def _rel(path: str, start: str) -> str:
+    return os.path.relpath(os.path.abspath(path), start).replace(os.sep, "/")
+
+
+def _summary(t, o: CohortOptions, split: np.ndarray, fold: np.ndarray, out: str) -> tuple[dict, list]:
+    """cohort.json's dict and the (paths, reason) groups of every unit left out."""
+    mino, by_study = t.minority.astype(bool), t.unit == "study"
+    pool = {"minority": int(mino.sum()), "majority": int((~mino).sum())}
+    splits = {s: {"minority": int((split[mino] == i).sum()), "majority": int((split[~mino] == i).sum())}
+              for i, s in enumerate(SPLITS)}
+    stages = t.stages + [stage(f"pool {c}", k, k if by_study else None) for c, k in pool.items()]
+    stages += [stage(f"{s} {c}", k, k if by_study else None) for s in SPLITS for c, k in splits[s].items()]
+    stages.append(stage("not sampled", (split < 0).sum()))
+    excluded = [(p, r) for p, r in t.excluded + [(t.path[split < 0], "not_sampled")] if len(p)]
+    by_reason: dict[str, int] = {}
+    for p, r in excluded:
+        by_reason[r] = by_reason.get(r, 0) + len(p)
+    total = sum(by_reason.values())
+    counts = {"pool": pool, "splits": splits}
+    if o.folds:
+        counts["folds"] = np.bincount(fold[fold >= 0], minlength=o.folds).tolist()
+    return {"format": FORMAT, "source": t.source, "input": _rel(t.input_path, out), "input_sha256": t.input_sha256,
+            "root": _rel(t.root, out), "seed": o.seed, "unit": t.unit, "options": {**o.recorded(), **t.options},
+            "counts": counts, "stages": stages,
+            "excluded": {"total": total, "by_reason": by_reason, "reasons": {r: REASONS[r] for r in by_reason},
+                         "csv": "excluded.csv" if total <= EXCLUDED_CSV_MAX_ROWS else None},
+            "notes": t.notes}, excluded
+
+
+def build(o: CohortOptions, out: str, overwrite: bool = False) -> dict:
+    """Read the source, split and sample it, check for leakage and write the cohort folder atomically.
+
+    Args:
+        o: what to build.
+        out: the cohort folder to create.
+        overwrite: replace `out` if it exists.
+
+    Returns:
+        The cohort.json dict as written.
+    """
+    from egan_med.cohort_sources import read_source  # it imports this module
+
+    o.validate()
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise CohortError(f"{out} exists; pass --overwrite to replace it")
+    t = read_source(o)
+    if not t.plain:
+        check_paths_inside(t.path, t.root)
+    split, fold = assign(t, o, np.random.default_rng(o.seed))
+    rows = np.concatenate([np.flatnonzero(split == i) for i in range(len(SPLITS))])
+    codes = {k: None if c is None else c[rows] for k, c in (("patient", t.patient_code), ("study", t.study_code))}
+    check_no_leak(split[rows], t.patient[rows], t.study[rows], codes)  # readers guarantee unique paths
+    meta, excluded = _summary(t, o, split, fold, out)
+    # minority, split and fold take few values: format each combination once
+    k = o.folds + 1
+    combo = (t.minority[rows].astype(np.int64) * len(SPLITS) + split[rows]) * k + fold[rows] + 1
+    mid = {c: f"{c // k // len(SPLITS)},{SPLITS[c // k % len(SPLITS)]},{c % k - 1}"
+           for c in np.flatnonzero(np.bincount(combo)).tolist()}
+    cols = [t.path[rows].tolist(), list(map(mid.__getitem__, combo.tolist())), t.patient[rows].tolist(),
+            t.study[rows].tolist()]
+    files = {"cohort.csv": _csv_text(MANIFEST_COLUMNS, cols, [1, 3, 1, 1], t.plain),
+             "cohort.json": json.dumps(meta, indent=2) + "\n"}
+    if meta["excluded"]["csv"]:
+        files["excluded.csv"] = _excluded_text(excluded, meta["excluded"]["total"])
+    write_atomic(out, files, overwrite)
+    return meta
+
+
+def load_manifest(csv_path: str, root_override: str = "") -> tuple[pd.DataFrame, dict]:
+    """Read a cohort written by build().
+
+    Args:
+        csv_path: the cohort.csv; cohort.json must sit beside it.
+        root_override: folder the paths are relative to, instead of cohort.json's `root`.
+
+    Returns:
+        (manifest with int minority/fold and str other columns, cohort.json dict with `root` made absolute).
+    """
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    json_path = os.path.join(folder, "cohort.json")
+    for p in (csv_path, json_path):
+        if not os.path.isfile(p):
+            raise CohortError(f"missing cohort file: {p}")
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise CohortError(f"malformed cohort in {folder}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    if not isinstance(meta, dict) or not isinstance(meta.get("root"), str) or "counts" not in meta:
+        raise CohortError(f"malformed {json_path}: needs 'root' and 'counts'")
+    if list(df.columns) != MANIFEST_COLUMNS:
+        raise CohortError(f"malformed {csv_path}: columns {list(df.columns)} != {MANIFEST_COLUMNS}")
+    bad = ~df["minority"].isin(["0", "1"]) | ~df["split"].isin(SPLITS) | ~df["fold"].str.fullmatch(r"-1|\d+")
+    if bad.any():
+        raise CohortError(f"malformed {csv_path}: bad minority/split/fold on line {int(np.argmax(bad.to_numpy())) + 2}")
+    df[["minority", "fold"]] = df[["minority", "fold"]].astype(int)
+    if ((df["fold"] >= 0) & ((df["minority"] == 0) | (df["split"] != "train"))).any():
+        raise CohortError(f"malformed {csv_path}: a fold is set on a row that is not a minority training image")
+    got = {s: {c: int(((df.split == s) & (df.minority == m)).sum()) for c, m in (("minority", 1), ("majority", 0))}
+           for s in SPLITS}
+    if meta["counts"].get("splits") != got:
+        raise CohortError(f"malformed cohort: counts in cohort.csv {got} differ from cohort.json")
+    check_no_leak(df["split"].map(SPLITS.index).to_numpy(), *(df[c].to_numpy(object) for c in ("patient", "study")))
+    meta["root"] = os.path.abspath(root_override or os.path.join(folder, meta["root"]))
+    return df, meta
