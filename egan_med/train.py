@@ -213,6 +213,8 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
             row["seconds"] = time.time() - t0
             history.append(row)
             _log_epoch(writer, row, EG, x_min, epoch)
+            for split, (y, logits) in scored.items():  # minority is the positive class, score = -logit
+                writer.add_pr_curve(f"{split}/pr_curve", y, torch.sigmoid(-torch.as_tensor(logits)), epoch)
             write_table_atomic(pd.DataFrame(history), os.path.join(run_dir, "metrics.csv"))
             state = {"config": cfg.to_dict(), "epoch": epoch, "history": history, "rng": rng_state(),
                      "models": {k: n.state_dict() for k, n in nets.items()},

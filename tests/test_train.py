@@ -57,6 +57,15 @@ def test_run_directory_has_every_file(tiny_run):
     report = (tiny_run / "report.md").read_text()
     for row in ("eGAN", "optimistic (paper protocol)", "all minority", "all majority"):
         assert row in report
+    import json
+
+    rows = json.loads((tiny_run / "report.json").read_text())["rows"]
+    columns = {"model", "train_minority", "train_majority", "test_minority", "test_majority", "ratio", "operating_point",
+               "threshold", "precision", "recall", "specificity", "f1", "balanced_accuracy", "auroc", "auprc",
+               "sens_at_spec", "auroc_lo", "auroc_hi", "recall_lo", "recall_hi"}
+    for r in rows:
+        assert columns <= set(r), columns - set(r)
+    assert rows[0]["train_minority"] == 4 and rows[0]["test_minority"] == 30
 
 
 def test_tensorboard_events_are_readable(tiny_run):
@@ -68,6 +77,7 @@ def test_tensorboard_events_are_readable(tiny_run):
     assert {"train/loss_d", "train/loss_g", "val/auroc", "test/correct_minority"} <= set(tags["scalars"])
     assert [e.step for e in acc.Scalars("train/loss_d")] == [0, 1]
     assert "train/generated" in tags["images"] and "data/augmented_real" in tags["images"]
+    assert "test/pr_curve" in tags["tensors"]
 
 
 def test_same_seed_same_metrics(tiny_cohort, tiny_run, tmp_path):
