@@ -79,7 +79,7 @@ class TrainConfig:
     seed: int = 0  # every random draw of an epoch follows from (seed, epoch)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA
-    compile: bool = False  # torch.compile the training step's networks
+    compile: bool = False  # torch.compile the training step (minutes of compile time: for long GPU runs)
     feature_cache: bool = False  # cache frozen-trunk activations of real images (needs augment off)
     checkpoint_every: int = 1  # epochs between last.pt writes (the final epoch is always written)
 

@@ -110,6 +110,10 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
     opt_d, opt_g = optimizers["opt_d"], optimizers.get("opt_g")
     ddp = (lambda m: DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None)) if rt.distributed else (lambda m: m)
     pair_step, eg_step = ddp(ScorePair(D)), (ddp(EG) if egan else None)
+    g_scorer = D  # D as seen by the generator step (no DDP: only E and G learn there)
+    if t.compile:
+        pair_step, g_scorer = torch.compile(pair_step), torch.compile(D)
+        eg_step = torch.compile(eg_step) if egan else None
 
     history: list[dict] = []
     start_epoch, ckpt_dir = 0, os.path.join(run_dir, "checkpoints")
@@ -178,7 +182,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                 # E and G: make D call the generated images majority.
                 with autocast(dev, t.amp):
                     fake = eg_step(x_min)
-                    loss_g = F.binary_cross_entropy_with_logits(D(fake).float(), torch.ones(len(fake), device=dev))
+                    loss_g = F.binary_cross_entropy_with_logits(g_scorer(fake).float(), torch.ones(len(fake), device=dev))
                     if t.recon_weight > 0:
                         loss_g = loss_g + t.recon_weight * F.mse_loss(fake.float(), x_min.float())
                 opt_g.zero_grad(set_to_none=True)
