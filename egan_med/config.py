@@ -55,7 +55,7 @@ class ModelConfig:
     train_bn: bool = False  # True: trainable blocks' BatchNorm also update running stats
     latent_dim: int = 128  # size of E's code
     dropout: float = 0.2  # before D's one-unit head
-    spectral_norm: bool = False  # spectral normalisation on D's trainable layers and head
+    spectral_norm: bool = False  # spectral normalisation on D's head
     knn_k: int = 5  # neighbours averaged by the kNN one-class baseline
 
 

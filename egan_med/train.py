@@ -43,7 +43,7 @@ def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
 
 def _epoch_metrics(prefix: str, y, logits, nash_threshold: float) -> dict:
     m = metrics.binary_metrics(y, -logits, threshold=0.0)  # the paper's rule: logit < 0 = minority
-    row = {f"{prefix}_{k}": m[k] for k in ("precision", "recall", "specificity", "f1", "auroc", "auprc",
+    row = {f"{prefix}_{k}": m[k] for k in ("precision", "recall", "specificity", "f1", "balanced_accuracy", "auroc", "auprc", "sens_at_spec",
                                              "correct_minority", "correct_majority", "n_minority", "n_majority")}
     row[f"{prefix}_nash"] = bool(selection.is_nash(m["correct_minority"], m["correct_majority"],
                                                    m["n_minority"] + m["n_majority"], nash_threshold,
@@ -136,6 +136,9 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
         _print_summary(cfg, splits, nets)
 
     n_min = min(len(ds_minor), t.minority_cap)
+    if egan and n_min < 2 and any(m.training for m in nets["E"].modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        raise ConfigError(f"BatchNorm in training mode (model.train_bn, or model.weights=none) needs at least 2 minority "
+                          f"training images per step; this cohort/fold has {n_min}")
     # Frozen-trunk cache: real images never change without augmentation, so their trunk activations
     # are computed once; generated images still pass through all of D.
     major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
