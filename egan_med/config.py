@@ -80,6 +80,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the training step (minutes of compile time: for long GPU runs)
+    channels_last: bool = True  # NHWC memory format for the networks and their input batches
     feature_cache: bool = False  # cache frozen-trunk activations of real images (needs augment off)
     checkpoint_every: int = 1  # epochs between last.pt writes (the final epoch is always written)
 

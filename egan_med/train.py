@@ -93,8 +93,10 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                     for s, d in ds_eval.items()}
 
     nets = build_networks(cfg)
+    # NHWC: faster DenseNet121 steps on CPU (oneDNN), and the layout bf16 cuDNN kernels want.
+    fmt = torch.channels_last if t.channels_last else torch.contiguous_format
     for n in nets.values():
-        n.to(dev).train()
+        n.to(dev).to(memory_format=fmt).train()
     # Only now, with cohort, images and weights all readable, does anything get written.
     if rt.is_main:
         create_run_dir(run_dir, cfg, wipe)
@@ -142,6 +144,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
     # Frozen-trunk cache: real images never change without augmentation, so their trunk activations
     # are computed once; generated images still pass through all of D.
     major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
+    rows = torch.as_tensor(ds_major.rows)  # dataset position -> manifest row, the cache's address
     for epoch in range(start_epoch, t.epochs):
         t0 = time.time()
         # Every random draw of an epoch follows from (seed, epoch): a resumed run redoes it exactly.
@@ -150,23 +153,29 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
             ds.set_epoch(epoch)
         if loader.generator is not None:
             loader.generator.manual_seed(t.seed * 100003 + epoch)
-        x_min = torch.stack([ds_minor[i]["image"] for i in range(n_min)]).to(dev)
+        x_min = torch.stack([ds_minor[i]["image"] for i in range(n_min)]).to(dev).contiguous(memory_format=fmt)
+        if egan:
+            # E's trunk is frozen and in eval mode: its output on this epoch's minority images is the same every step.
+            with torch.no_grad(), autocast(dev, t.amp):
+                min_trunk = nets["E"].backbone.features_trunk(x_min)
         sums = torch.zeros(2, device=dev)
         steps = len(loader) if t.max_steps_per_epoch == 0 else min(len(loader), t.max_steps_per_epoch)
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not rt.is_main)
+        # With the cache only the order is needed: the batch sampler skips building images nobody reads.
+        bar = tqdm(loader.batch_sampler if major_cache is not None else loader, total=steps,
+                   desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not rt.is_main)
         for step, batch in enumerate(bar):
             if step >= steps:
                 break
             if major_cache is not None:
-                real, n_real = major_cache.take(batch["index"]), len(batch["index"])
+                real, n_real = major_cache.take(rows[batch]), len(batch)
             else:
-                real = batch["image"].to(dev, non_blocking=True)
+                real = batch["image"].to(dev, non_blocking=True).contiguous(memory_format=fmt)
                 n_real = len(real)
             if egan:
                 # D: real majority -> 1, generated from minority codes -> 0 (semi-supervised: real minority -> 0 too).
                 with autocast(dev, t.amp):
                     with torch.no_grad():
-                        fake = EG(x_min)
+                        fake = EG(min_trunk, True)
                     neg = torch.cat([fake, x_min]) if t.semi_supervised else fake
                     if t.instance_noise > 0:
                         neg = (neg + t.instance_noise * torch.randn_like(neg)).clamp(0, 1)
@@ -184,7 +193,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                 opt_d.step()
                 # E and G: make D call the generated images majority.
                 with autocast(dev, t.amp):
-                    fake = eg_step(x_min)
+                    fake = eg_step(min_trunk, True)
                     loss_g = F.binary_cross_entropy_with_logits(g_scorer(fake).float(), torch.ones(len(fake), device=dev))
                     if t.recon_weight > 0:
                         loss_g = loss_g + t.recon_weight * F.mse_loss(fake.float(), x_min.float())
