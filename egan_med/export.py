@@ -46,11 +46,8 @@ def onnx_logits(session, images: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> dict:

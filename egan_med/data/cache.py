@@ -41,11 +41,8 @@ class ImageStore:
 
 
 def _sha1_file(path: str) -> str:
-    h = hashlib.sha1()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha1").hexdigest()
 
 
 def manifest_hash(paths: list[str]) -> str:
