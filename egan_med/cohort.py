@@ -8,21 +8,19 @@ the folder appears atomically. Source readers live in egan_med.cohort_sources.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
-import operator
 import os
-import posixpath
 import shutil
 import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-SPLITS = ("train", "val", "test")
+from egan_med.cohort_options import SPLITS, CohortError, CohortOptions, check_paths_inside, stage  # noqa: F401 - re-exported
+from egan_med.cohort_sources import read_source
+
 MANIFEST_COLUMNS = ["path", "minority", "split", "fold", "patient", "study"]
 FORMAT = "egan_med.cohort/1"
 EXCLUDED_CSV_MAX_ROWS = 250_000  # above this only the per-reason counts are kept
@@ -32,75 +30,6 @@ REASONS = {
     "other_class": "class is neither --minority nor --majority", "no_label": "blank label",
     "not_image": "file is not an image", "not_sampled": "in the pool but not drawn by the requested sizes/ratio/folds",
 }
-
-
-class CohortError(ValueError):
-    """Bad input or an unsatisfiable request; the message is one line naming the problem."""
-
-
-@dataclass
-class CohortOptions:
-    """What to build. `source` is csv|nih|generic|folder|medmnist|cifar; `input` its file or folder."""
-
-    source: str = "csv"
-    input: str = ""
-    label: str | None = None  # CheXpert/NIH observation; default Pneumonia
-    uncertain: str | None = None  # CheXpert: ignore|zeros|ones (default ignore)
-    unit: str | None = None  # CheXpert: study|image (default study)
-    views: str = "all"  # all|frontal|lateral
-    minority: str | None = None  # class name/index for folder, npz, CIFAR, generic sources
-    majority: str | None = None  # None = every other class
-    dataset: str | None = None  # CIFAR: cifar10 (default) | cifar100
-    coarse: bool = False  # CIFAR-100 coarse labels
-    patient_regex: str | None = None  # folder source: first group of this regex on the path = patient
-    ratio: float | None = None  # training majority per minority
-    train_minority: int | None = None  # per fold when folds > 0
-    train_majority: int | None = None
-    val_minority: int | None = None
-    val_majority: int | None = None
-    test_minority: int | None = None
-    test_majority: int | None = None
-    folds: int = 0
-    val_frac: float = 0.1  # per class, when val is carved and no size is given
-    test_frac: float = 0.2  # per class, when the source has no official test split
-    seed: int = 0
-    root: str | None = None
-
-    def recorded(self) -> dict:
-        """Options as stored in cohort.json (input and root are stored relative to the cohort instead)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("input", "root")}
-
-    def validate(self) -> None:
-        """Range checks that need no data."""
-        if self.ratio is not None and not (math.isfinite(self.ratio) and self.ratio > 0):
-            raise CohortError(f"--ratio must be a positive number, got {self.ratio}")
-        for name in (f"{s}_{c}" for s in SPLITS for c in ("minority", "majority")):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise CohortError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.folds < 0 or self.folds == 1:
-            raise CohortError(f"--folds must be 0 (none) or at least 2, got {self.folds}")
-        if not (0 < self.val_frac < 1 and 0 < self.test_frac < 1):
-            raise CohortError(f"--val-frac/--test-frac must be between 0 and 1, got {self.val_frac}/{self.test_frac}")
-        if self.ratio is not None and self.train_minority is not None and self.train_majority is not None:
-            raise CohortError("give at most two of --ratio, --train-minority, --train-majority")
-
-
-def stage(name: str, images: int, studies: int | None = None) -> dict:
-    """One row of the stage table."""
-    return {"stage": name, "images": int(images), "studies": None if studies is None else int(studies)}
-
-
-def check_paths_inside(paths: np.ndarray, root: str) -> None:
-    """Refuse empty, absolute or '..' paths that would leave the data root."""
-    lst = paths.tolist()
-    text = "\0".join(lst)  # C-speed scans rule out the common case
-    if {"", "/", "\\"}.isdisjoint(map(operator.itemgetter(slice(0, 1)), lst)) \
-            and not any(s in text for s in ("..", ":", "\\")):
-        return
-    for p in lst:
-        norm = posixpath.normpath(p.replace("\\", "/")) if p else ""
-        if not p or p[0] in "/\\" or p[1:2] == ":" or norm == ".." or norm.startswith("../"):
-            raise CohortError(f"image path(s) escape the data root {root}, e.g. {p!r}")
 
 
 def _group_codes(patient: np.ndarray, study: np.ndarray) -> np.ndarray:
@@ -330,8 +259,6 @@ def build(o: CohortOptions, out: str, overwrite: bool = False) -> dict:
     Returns:
         The cohort.json dict as written.
     """
-    from egan_med.cohort_sources import read_source  # it imports this module
-
     o.validate()
     out = os.path.abspath(out)
     if os.path.exists(out) and not overwrite:

@@ -1,4 +1,4 @@
-"""Readers that turn a label source into candidate cohort units (see egan_med.cohort).
+"""Readers that turn a label source into candidate cohort units (see egan_med.cohort, which builds from them).
 
 Each returns a SourceTable: one row per candidate unit (an image; for CheXpert by study, one image per study)
 with class, patient, study and official split, plus the rows it dropped and why. Readers guarantee that no path
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from egan_med.cohort import SPLITS, CohortError, CohortOptions, check_paths_inside, stage
+from egan_med.cohort_options import SPLITS, CohortError, CohortOptions, check_paths_inside, stage
 
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
                    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",

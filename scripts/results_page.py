@@ -48,31 +48,47 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
 
 def issue5_table(t: pd.DataFrame) -> str:
     """Pretrained vs untrained: every row of the paper-eGAN and no-pretraining experiments."""
-    rows = _order(t[t.variant.isin(["paper eGAN", "no pretraining"])])
+    rows = _order(t[(t.variant == "paper eGAN") | _untrained(t)])
     cols = [("AUROC", "auroc"), ("sens@90% spec", "sens_at_spec"), ("precision", "precision"), ("recall", "recall"),
             ("F1", "f1"), ("paper P", "paper_precision"), ("paper R", "paper_recall"), ("paper F1", "paper_f1")]
-    return _table(rows, cols, lambda r: f"{r.model}{' (no pretraining)' if r.variant == 'no pretraining' else ''}")
+    return _table(rows, cols, lambda r: f"{r.model}{f' ({r.variant})' if r.variant.startswith('no pretraining') else ''}")
 
 
 def issue10_table(t: pd.DataFrame) -> str:
     """Validation-selected rows only: paper eGAN, variants, baseline, kNN, trivial."""
-    rows = _order(t[~t.model.str.contains("optimistic") & ((t.variant != "no pretraining"))])
+    rows = _order(t[~t.model.str.contains("optimistic") & ~_untrained(t)])
     rows = rows[(rows.variant == "paper eGAN") | rows.model.isin(["eGAN", "supervised baseline", "kNN one-class"])]
     cols = [("AUROC [95% CI]", "auroc"), ("sens@90% spec", "sens_at_spec"), ("AUPRC", "auprc")]
     return _table(rows, cols, lambda r: r.model if r.variant in ("paper eGAN",) else
                   (f"eGAN, {r.variant}" if r.model == "eGAN" else f"{r.model} ({r.variant})"))
 
 
-def nash_table(runs_dir: str, t: pd.DataFrame) -> str:
-    """Per paper-eGAN run: first epoch where test correct-minority ~ correct-majority (the paper's Nash)."""
-    out = ["| setting | run | epochs with Nash (test) | val-selected epoch | test correct min/maj per epoch |", "|---|---|---|---|---|"]
-    for exp in _order(t[t.variant.isin(["paper eGAN", "no pretraining"])].drop_duplicates("experiment")).itertuples():
+def _untrained(t: pd.DataFrame) -> pd.Series:
+    return t.variant.str.startswith("no pretraining")
+
+
+def _exp_label(exp) -> str:
+    return exp.setting if exp.variant == "paper eGAN" else f"{exp.setting} ({exp.variant})"
+
+
+def nash_table(runs_dir: str, t: pd.DataFrame, every_variant: bool = False, counts_every: int = 1) -> str:
+    """Per eGAN run: epochs where test correct-minority ~ correct-majority (the paper's Nash).
+
+    Args:
+        every_variant: all experiments, not only the paper eGAN and its no-pretraining ablations.
+        counts_every: list the per-epoch counts of every k-th epoch (and the last), to keep long runs readable.
+    """
+    head = "test correct min/maj per epoch" + (f" (every {counts_every}th)" if counts_every > 1 else "")
+    out = [f"| setting | run | epochs with Nash (test) | val-selected epoch | {head} |", "|---|---|---|---|---|"]
+    pick = t if every_variant else t[(t.variant == "paper eGAN") | _untrained(t)]
+    for exp in _order(pick.drop_duplicates("experiment")).itertuples():
         for path in sorted(glob.glob(os.path.join(runs_dir, exp.experiment, "*", "metrics.csv"))):
             m = pd.read_csv(path)
             nash = [int(e) + 1 for e, f in zip(m.epoch, m.test_nash) if bool(f)]
             best = int(m.val_auroc.idxmax()) + 1
-            counts = " ".join(f"{a}/{b}" for a, b in zip(m.test_correct_minority, m.test_correct_majority))
-            out.append(f"| {exp.setting}{' (no pretraining)' if exp.variant == 'no pretraining' else ''} | "
+            keep = [i for i in range(len(m)) if (i + 1) % counts_every == 0 or i == len(m) - 1 or counts_every == 1]
+            counts = " ".join(f"{m.test_correct_minority[i]}/{m.test_correct_majority[i]}" for i in keep)
+            out.append(f"| {_exp_label(exp)} | "
                        f"{os.path.basename(os.path.dirname(path))} | {', '.join(map(str, nash)) or 'never'} | {best} | {counts} |")
     return "\n".join(out)
 
@@ -85,57 +101,77 @@ def wall_table(t: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def plots(t: pd.DataFrame, runs_dir: str, out_dir: str) -> list[str]:
-    """AUROC bars per setting (pretraining; variants) and test-AUROC-per-epoch curves."""
+def _bars(g: pd.DataFrame, path: str) -> None:
+    """Test AUROC bars per setting, one bar per row label, with the per-run 95% bootstrap CI as error bars."""
+    import matplotlib.pyplot as plt
+
+    settings = [s for s in SETTINGS if s in set(g.setting)]
+    labels = list(dict.fromkeys(g.label))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings) + 2), 4))
+    w = 0.8 / max(len(labels), 1)
+    for i, lab in enumerate(labels):
+        sub = g[g.label == lab].set_index("setting")
+        have = [s for s in settings if s in sub.index]
+        xs = [settings.index(s) + i * w for s in have]
+        ys = [sub.loc[s, "auroc"] for s in have]
+        # A fold std cannot be drawn for n=1; the bootstrap CI (averaged over folds) always can.
+        lo = [max(0.0, y - sub.loc[s, "auroc_lo"]) if sub.loc[s, "auroc_lo"] == sub.loc[s, "auroc_lo"] else 0 for y, s in zip(ys, have)]
+        hi = [max(0.0, sub.loc[s, "auroc_hi"] - y) if sub.loc[s, "auroc_hi"] == sub.loc[s, "auroc_hi"] else 0 for y, s in zip(ys, have)]
+        ax.bar(xs, ys, w, yerr=[lo, hi], label=lab, capsize=2)
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(settings))], settings, fontsize=8)
+    ax.set_ylabel("test AUROC (val-selected), 95% CI")
+    ax.set_ylim(0.3, 1.0)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _per_epoch(t: pd.DataFrame, runs_dir: str, path: str) -> None:
+    """Mean over folds per epoch: test AUROC, and the test fractions D gets right per class (the paper's Fig. 4;
+    its Nash equilibrium is where the two fractions meet)."""
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for k, exp in enumerate(_order(t.drop_duplicates("experiment")).itertuples()):
+        ms = [pd.read_csv(p) for p in sorted(glob.glob(os.path.join(runs_dir, exp.experiment, "*", "metrics.csv")))]
+        if not ms:
+            continue
+        m = pd.concat(ms).groupby("epoch").mean(numeric_only=True)
+        style = dict(color=f"C{k % 10}", ls="-" if exp.variant == "paper eGAN" else "--" if not exp.variant.startswith("no pre") else ":")
+        a1.plot(m.index + 1, m.test_auroc, label=_exp_label(exp), **style)
+        a2.plot(m.index + 1, m.test_correct_minority / m.test_n_minority, label=f"{_exp_label(exp)}: minority", **style)
+        a2.plot(m.index + 1, m.test_correct_majority / m.test_n_majority, alpha=0.45, **style)
+    a1.set(xlabel="epoch", ylabel="eGAN test AUROC (mean over folds)")
+    a2.set(xlabel="epoch", ylabel="fraction of test images D gets right at logit 0",
+           title="dark: minority, pale: majority (same colour = same experiment)")
+    a2.title.set_fontsize(8)
+    a1.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plots(t: pd.DataFrame, runs_dir: str, out_dir: str, prefix: str = "") -> dict[str, str]:
+    """AUROC bars per setting (pretraining; variants) and per-epoch curves; returns {name: png path}."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     os.makedirs(out_dir, exist_ok=True)
-    files = []
+    files = {}
     vs = t[~t.model.str.contains("optimistic") & ~t.model.str.startswith("all ")]
-    groups = {"pretraining": vs[vs.variant.isin(["paper eGAN", "no pretraining"])],
-              "variants": vs[(vs.variant != "no pretraining") & ((vs.model == "eGAN") | (vs.variant == "paper eGAN"))]}
+    groups = {"pretraining": vs[(vs.variant == "paper eGAN") | _untrained(vs)],
+              "variants": vs[~_untrained(vs) & ((vs.model == "eGAN") | (vs.variant == "paper eGAN"))]}
     for name, g in groups.items():
+        if g.variant.nunique() < 2 and name == "pretraining":
+            continue  # no untrained runs in this grid: the variants plot shows the same bars
         g = g.assign(label=[m if v == "paper eGAN" else f"{m} ({v})" for m, v in zip(g.model, g.variant)])
-        settings = [s for s in SETTINGS if s in set(g.setting)]
-        labels = list(dict.fromkeys(g.label))
-        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings) + 2), 4))
-        w = 0.8 / max(len(labels), 1)
-        for i, lab in enumerate(labels):
-            sub = g[g.label == lab].set_index("setting")
-            xs = [j + i * w for j, s in enumerate(settings) if s in sub.index]
-            ys = [sub.loc[s, "auroc"] for s in settings if s in sub.index]
-            # Error bars: the per-run 95% bootstrap CI (averaged over folds), which a fold std cannot give for n=1.
-            lo = [max(0.0, y - sub.loc[s, "auroc_lo"]) if sub.loc[s, "auroc_lo"] == sub.loc[s, "auroc_lo"] else 0
-                  for y, s in zip(ys, [s for s in settings if s in sub.index])]
-            hi = [max(0.0, sub.loc[s, "auroc_hi"] - y) if sub.loc[s, "auroc_hi"] == sub.loc[s, "auroc_hi"] else 0
-                  for y, s in zip(ys, [s for s in settings if s in sub.index])]
-            ax.bar(xs, ys, w, yerr=[lo, hi], label=lab, capsize=2)
-        ax.axhline(0.5, color="k", lw=0.8, ls="--")
-        ax.set_xticks([j + 0.4 - w / 2 for j in range(len(settings))], settings, fontsize=8)
-        ax.set_ylabel("test AUROC (val-selected), 95% CI")
-        ax.set_ylim(0.3, 1.0)
-        ax.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        files.append(os.path.join(out_dir, f"auroc_{name}.png"))
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for exp in _order(t[t.variant.isin(["paper eGAN", "no pretraining"])].drop_duplicates("experiment")).itertuples():
-        ms = [pd.read_csv(p) for p in sorted(glob.glob(os.path.join(runs_dir, exp.experiment, "*", "metrics.csv")))]
-        if ms:
-            curve = pd.concat(ms).groupby("epoch").test_auroc.mean()
-            ax.plot(curve.index + 1, curve.values, marker="o", ls="-" if exp.variant == "paper eGAN" else ":",
-                    label=f"{exp.setting}{' no pretraining' if exp.variant == 'no pretraining' else ''}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("eGAN test AUROC (mean over folds)")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    files.append(os.path.join(out_dir, "egan_auroc_per_epoch.png"))
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+        files[name] = os.path.join(out_dir, f"{prefix}auroc_{name}.png")
+        _bars(g, files[name])
+    files["epochs"] = os.path.join(out_dir, f"{prefix}egan_auroc_per_epoch.png")
+    egan = t[t.model == "eGAN"]
+    _per_epoch(egan if prefix else egan[(egan.variant == "paper eGAN") | _untrained(egan)], runs_dir, files["epochs"])
     return files
 
 
@@ -144,54 +180,62 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=os.path.join(REPO, "runs", "repro", "cpu_study"))
     p.add_argument("--grid", default="cpu_study")
     p.add_argument("--out", default=os.path.join(REPO, "docs"))
+    p.add_argument("--page", default="RESULTS.md", help="file name in --out; another page than RESULTS.md "
+                   "prefixes its plots with the grid name and lists Nash for every variant")
+    p.add_argument("--title", default="Measured results (CPU-sized reproduction and variants)")
     a = p.parse_args(argv)
     grid = reproduce.load_grid(a.grid)
     t = reproduce.aggregate(grid, reproduce.expand(grid, os.path.abspath(a.runs), False), os.path.abspath(a.runs))
     if t.empty:
         print("error: no finished runs", file=sys.stderr)
         return 2
-    pngs = plots(t, a.runs, os.path.join(a.out, "results"))
+    main_page = a.page == "RESULTS.md"
+    name = os.path.splitext(os.path.basename(grid["_path"]))[0]
+    pngs = plots(t, a.runs, os.path.join(a.out, "results"), "" if main_page else f"{name}_")
+    epochs = max((len(pd.read_csv(m)) for m in glob.glob(os.path.join(a.runs, "*", "*", "metrics.csv"))), default=1)
     walls = t.drop_duplicates("experiment")
-    md_path = os.path.join(a.out, "RESULTS.md")
+    md_path = os.path.join(a.out, a.page)
     old = open(md_path, encoding="utf-8").read() if os.path.isfile(md_path) else ""
     kept = KEEP.search(old)
     conclusions = kept.group(0) if kept else "<!-- conclusions -->\n<!-- /conclusions -->"
-    text = f"""# Measured results (CPU-sized reproduction and variants)
+    img = lambda key, alt: f"![{alt}](results/{os.path.basename(pngs[key])})" if key in pngs else ""  # noqa: E731
+    first = ("Pretrained vs. no pretraining (issue 5)" if _untrained(t).any() else "Paper eGAN beside the baselines")
+    text = f"""# {a.title}
 
-Generated by `scripts/results_page.py` from `{os.path.relpath(a.runs, REPO)}` (grid `configs/grids/{a.grid}.yaml`,
-run with `python scripts/reproduce.py {a.grid}`); only the conclusions section is written by hand.
+Generated by `scripts/results_page.py` from `{os.path.relpath(a.runs, REPO)}` (grid `configs/grids/{name}.yaml`,
+run with `python scripts/reproduce.py {name}`); only the conclusions section is written by hand.
 Total wall time of the {int(sum(1 for _ in glob.glob(os.path.join(a.runs, '*', '*', 'report.json'))))} finished runs:
 {walls.wall_s_total.sum() / 60:.1f} min (per experiment in `RESULTS_TABLE.md`).
 
 {conclusions}
 
-## Pretrained vs. no pretraining (issue 5), with the paper's Table 5/6 numbers
+## {first}, with the paper's Table 5/6 numbers
 
 Mean ± std over folds/seeds, [..] = per-run 95% bootstrap CI averaged over runs. "eGAN" = epoch and operating
 point chosen on validation (logit < 0 as in the paper); "optimistic (paper protocol)" = best test-F1 epoch.
 
 {issue5_table(t)}
 
-![AUROC, pretrained vs none](results/{os.path.basename(pngs[0])})
+{img("pretraining", "AUROC, pretrained vs none")}
 
 ## Variants (issue 10): validation-selected test AUROC and sensitivity at 90% specificity
 
 {issue10_table(t)}
 
-![AUROC of variants](results/{os.path.basename(pngs[1])})
+{img("variants", "AUROC of variants")}
 
 ## Nash equilibrium (|correct minority − correct majority| small, on test) per run
 
-{nash_table(a.runs, t)}
+{nash_table(a.runs, t, every_variant=not main_page, counts_every=max(1, epochs // 8))}
 
-![eGAN test AUROC per epoch](results/{os.path.basename(pngs[2])})
+{img("epochs", "eGAN test AUROC and per-class correct fractions per epoch")}
 
 ## Wall time (2 shared CPU cores, 1 torch thread)
 
 {wall_table(t)}
 """
     with open(md_path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+        fh.write(text.replace("\n\n\n", "\n\n"))
     print(f"wrote {md_path} and {len(pngs)} plots", file=sys.stderr)
     return 0
 

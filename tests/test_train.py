@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from egan_med.train import main as train_main
 
@@ -92,6 +93,18 @@ def test_dry_run_prints_sizes_and_parameters(tiny_cohort, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "train: 4 minority / 64 majority" in err and "D: 3,372,289 parameters, 413,441 trainable" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_threads_option_sets_torch_threads_and_rejects_negatives(tiny_cohort, capsys, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        args = ["configs/demo.yaml", f"data.cohort={tiny_cohort}", "--dry-run", "--out", str(tmp_path / "x")]
+        assert train_main([*args, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        assert train_main([*args, "--threads", "-1"]) == 2
+        assert "--threads must be >= 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_other_configs_run_dir_is_not_overwritten(tiny_cohort, tiny_run, capsys):
