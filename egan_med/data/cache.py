@@ -5,9 +5,11 @@ PersistentDataset writes one pickled .pt per item and torch.load()s it on every 
 scripts/bench_data.py at 224 px on 2 CPU cores, 1 thread: JPEG decode+resize 107 img/s, PersistentDataset
 2,460 img/s, this memmap 4,840 img/s. It also keys items by their dict (the path), not the file, so an edited
 image goes unnoticed, and 200k small files are slow to create, copy and delete; one array is not.
+Old caches are listed and pruned by ``python -m egan_med.data.cache_admin``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -141,6 +143,8 @@ def _reuse(npy_path: str, index_path: str, shape: tuple[int, ...]) -> ImageStore
         return None
     if images.shape != shape or images.dtype != np.uint8:
         return None
+    with contextlib.suppress(OSError):  # "last used" for cache_admin; a read-only cache is still usable
+        os.utime(index_path)
     return ImageStore(images, [tuple(f) for f in index["failures"]], npy_path, built=False)
 
 
