@@ -79,7 +79,8 @@ def nash_table(runs_dir: str, t: pd.DataFrame, every_variant: bool = False, coun
         counts_every: list the per-epoch counts of every k-th epoch (and the last), to keep long runs readable.
     """
     head = "test correct min/maj per epoch" + (f" (every {counts_every}th)" if counts_every > 1 else "")
-    out = [f"| setting | run | epochs with Nash (test) | val-selected epoch | {head} |", "|---|---|---|---|---|"]
+    out = [f"| setting | run | epochs with Nash (test) | closest \\|recall − specificity\\| (epoch) | curves cross | "
+           f"val-selected epoch | {head} |", "|---|---|---|---|---|---|---|"]
     pick = t if every_variant else t[(t.variant == "paper eGAN") | _untrained(t)]
     for exp in _order(pick.drop_duplicates("experiment")).itertuples():
         for path in sorted(glob.glob(os.path.join(runs_dir, exp.experiment, "*", "metrics.csv"))):
@@ -88,8 +89,14 @@ def nash_table(runs_dir: str, t: pd.DataFrame, every_variant: bool = False, coun
             best = int(m.val_auroc.idxmax()) + 1
             keep = [i for i in range(len(m)) if (i + 1) % counts_every == 0 or i == len(m) - 1 or counts_every == 1]
             counts = " ".join(f"{m.test_correct_minority[i]}/{m.test_correct_majority[i]}" for i in keep)
-            out.append(f"| {_exp_label(exp)} | "
-                       f"{os.path.basename(os.path.dirname(path))} | {', '.join(map(str, nash)) or 'never'} | {best} | {counts} |")
+            # Nash is a point where the two Fig. 4 curves meet; an oscillating run can cross them between epochs.
+            diff = (m.test_correct_minority / m.test_n_minority - m.test_correct_majority / m.test_n_majority).to_numpy()
+            closest = int(abs(diff).argmin())
+            signs = [v for v in diff if v != 0]
+            crossings = sum(1 for a, b in zip(signs, signs[1:]) if (a > 0) != (b > 0))
+            out.append(f"| {_exp_label(exp)} | {os.path.basename(os.path.dirname(path))} | "
+                       f"{', '.join(map(str, nash)) or 'never'} | {abs(diff[closest]):.3f} ({closest + 1}) | "
+                       f"{crossings or 'never'}{' times' if crossings > 1 else ' time' if crossings else ''} | {best} | {counts} |")
     return "\n".join(out)
 
 
