@@ -15,6 +15,7 @@ import re
 import sys
 
 import pandas as pd
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -79,13 +80,18 @@ def nash_table(runs_dir: str, t: pd.DataFrame, every_variant: bool = False, coun
         counts_every: list the per-epoch counts of every k-th epoch (and the last), to keep long runs readable.
     """
     head = "test correct min/maj per epoch" + (f" (every {counts_every}th)" if counts_every > 1 else "")
-    out = [f"| setting | run | epochs with Nash (test) | closest \\|recall − specificity\\| (epoch) | curves cross | "
-           f"val-selected epoch | {head} |", "|---|---|---|---|---|---|---|"]
+    out = [f"| setting | run | epochs with Nash (test) | test AUROC there | closest \\|recall − specificity\\| (epoch) | "
+           f"curves cross | val-selected epoch (its test AUROC) | {head} |", "|---|---|---|---|---|---|---|---|"]
     pick = t if every_variant else t[(t.variant == "paper eGAN") | _untrained(t)]
     for exp in _order(pick.drop_duplicates("experiment")).itertuples():
         for path in sorted(glob.glob(os.path.join(runs_dir, exp.experiment, "*", "metrics.csv"))):
+            if not os.path.isfile(os.path.join(os.path.dirname(path), "report.json")):
+                continue  # still training: its history is not final
             m = pd.read_csv(path)
             nash = [int(e) + 1 for e, f in zip(m.epoch, m.test_nash) if bool(f)]
+            at_nash = m.test_auroc[m.test_nash.astype(bool)]
+            at_nash = (f"{at_nash.mean():.2f}" + (f" ({at_nash.min():.2f}-{at_nash.max():.2f})" if len(at_nash) > 1 else "")
+                       if len(at_nash) else "–")
             best = int(m.val_auroc.idxmax()) + 1
             keep = [i for i in range(len(m)) if (i + 1) % counts_every == 0 or i == len(m) - 1 or counts_every == 1]
             counts = " ".join(f"{m.test_correct_minority[i]}/{m.test_correct_majority[i]}" for i in keep)
@@ -95,8 +101,9 @@ def nash_table(runs_dir: str, t: pd.DataFrame, every_variant: bool = False, coun
             signs = [v for v in diff if v != 0]
             crossings = sum(1 for a, b in zip(signs, signs[1:]) if (a > 0) != (b > 0))
             out.append(f"| {_exp_label(exp)} | {os.path.basename(os.path.dirname(path))} | "
-                       f"{', '.join(map(str, nash)) or 'never'} | {abs(diff[closest]):.3f} ({closest + 1}) | "
-                       f"{crossings or 'never'}{' times' if crossings > 1 else ' time' if crossings else ''} | {best} | {counts} |")
+                       f"{', '.join(map(str, nash)) or 'never'} | {at_nash} | {abs(diff[closest]):.3f} ({closest + 1}) | "
+                       f"{crossings or 'never'}{' times' if crossings > 1 else ' time' if crossings else ''} | "
+                       f"{best} ({m.test_auroc[best - 1]:.2f}) | {counts} |")
     return "\n".join(out)
 
 
@@ -135,27 +142,58 @@ def _bars(g: pd.DataFrame, path: str) -> None:
     plt.close(fig)
 
 
+def _finished_histories(runs_dir: str, experiment: str, sub: str = "") -> list[pd.DataFrame]:
+    """metrics.csv of every finished run of an experiment (``sub``: e.g. "baseline"), with an ``updates`` column."""
+    out = []
+    for run in sorted(glob.glob(os.path.join(runs_dir, experiment, "*", ""))):
+        path = os.path.join(run, sub, "metrics.csv")
+        if not (os.path.isfile(os.path.join(run, "report.json")) and os.path.isfile(path)):
+            continue
+        with open(os.path.join(run, "config.yaml"), encoding="utf-8") as fh:
+            steps = int((yaml.safe_load(fh).get("train") or {}).get("max_steps_per_epoch") or 0)
+        m = pd.read_csv(path)
+        out.append(m.assign(updates=(m.epoch + 1) * steps if steps else m.epoch + 1))
+    return out
+
+
 def _per_epoch(t: pd.DataFrame, runs_dir: str, path: str) -> None:
-    """Mean over folds per epoch: test AUROC, and the test fractions D gets right per class (the paper's Fig. 4;
-    its Nash equilibrium is where the two fractions meet)."""
+    """One column per setting, mean over finished runs against D/G updates. Top: test AUROC of each eGAN variant
+    (grey: the supervised baseline trained alongside). Bottom: the test fractions D gets right at logit 0 per
+    class (the paper's Fig. 4; its Nash equilibrium is where the two curves of one colour meet)."""
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for k, exp in enumerate(_order(t.drop_duplicates("experiment")).itertuples()):
-        ms = [pd.read_csv(p) for p in sorted(glob.glob(os.path.join(runs_dir, exp.experiment, "*", "metrics.csv")))]
+    exps = _order(t.drop_duplicates("experiment"))
+    variants = list(dict.fromkeys(exps.variant))
+    hist = {e.experiment: _finished_histories(runs_dir, e.experiment) for e in exps.itertuples()}
+    # A column per (setting, run length), so that a 3,000-update run does not squash the 480-update ones.
+    length = {k: int(max(m.updates.max() for m in ms)) for k, ms in hist.items() if ms}
+    columns = list(dict.fromkeys((e.setting, length[e.experiment]) for e in exps.itertuples() if e.experiment in length))
+    columns.sort(key=lambda c: (SETTINGS.index(c[0]) if c[0] in SETTINGS else len(SETTINGS), c[1]))
+    fig, axes = plt.subplots(2, len(columns), figsize=(3.3 * len(columns), 6.5), squeeze=False, sharey="row")
+    for exp in exps.itertuples():
+        ms = hist[exp.experiment]
         if not ms:
             continue
-        m = pd.concat(ms).groupby("epoch").mean(numeric_only=True)
-        style = dict(color=f"C{k % 10}", ls="-" if exp.variant == "paper eGAN" else "--" if not exp.variant.startswith("no pre") else ":")
-        a1.plot(m.index + 1, m.test_auroc, label=_exp_label(exp), **style)
-        a2.plot(m.index + 1, m.test_correct_minority / m.test_n_minority, label=f"{_exp_label(exp)}: minority", **style)
-        a2.plot(m.index + 1, m.test_correct_majority / m.test_n_majority, alpha=0.45, **style)
-    a1.set(xlabel="epoch", ylabel="eGAN test AUROC (mean over folds)")
-    a2.set(xlabel="epoch", ylabel="fraction of test images D gets right at logit 0",
-           title="dark: minority, pale: majority (same colour = same experiment)")
-    a2.title.set_fontsize(8)
-    a1.legend(fontsize=6)
-    fig.tight_layout()
+        col, color = columns.index((exp.setting, length[exp.experiment])), f"C{variants.index(exp.variant) % 10}"
+        m = pd.concat(ms).groupby("updates").mean(numeric_only=True)
+        axes[0, col].plot(m.index, m.test_auroc, color=color, lw=1, label=f"eGAN, {exp.variant}")
+        axes[1, col].plot(m.index, m.test_correct_minority / m.test_n_minority, color=color, lw=1, label=f"{exp.variant}: minority")
+        axes[1, col].plot(m.index, m.test_correct_majority / m.test_n_majority, color=color, lw=1, ls=":", label=f"{exp.variant}: majority")
+        base = _finished_histories(runs_dir, exp.experiment, "baseline")
+        if base:
+            b = pd.concat(base).groupby("updates").mean(numeric_only=True)
+            axes[0, col].plot(b.index, b.test_auroc, color="k", lw=1.5, ls="-" if exp.variant == "paper eGAN" else "--",
+                              label="supervised baseline" + ("" if exp.variant == "paper eGAN" else f" ({exp.variant})"))
+    for col, (setting, n) in enumerate(columns):
+        axes[0, col].set_title(setting + (f", {n:,} updates" if sum(c[0] == setting for c in columns) > 1 else ""), fontsize=9)
+        axes[1, col].set_xlabel("D/G updates", fontsize=8)
+        for ax in axes[:, col]:
+            ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("test AUROC (mean over runs)", fontsize=8)
+    axes[1, 0].set_ylabel("fraction right at logit 0\n(solid minority, dotted majority)", fontsize=8)
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)), fontsize=7)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * (len(handles) // 4), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -178,6 +216,7 @@ def plots(t: pd.DataFrame, runs_dir: str, out_dir: str, prefix: str = "") -> dic
         _bars(g, files[name])
     files["epochs"] = os.path.join(out_dir, f"{prefix}egan_auroc_per_epoch.png")
     egan = t[t.model == "eGAN"]
+    # The main page has a dozen variants: its curves show the paper's eGAN and the pretraining ablations only.
     _per_epoch(egan if prefix else egan[(egan.variant == "paper eGAN") | _untrained(egan)], runs_dir, files["epochs"])
     return files
 
