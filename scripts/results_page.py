@@ -82,7 +82,8 @@ def nash_table(runs_dir: str, t: pd.DataFrame, every_variant: bool = False, coun
     head = "test correct min/maj per epoch" + (f" (every {counts_every}th)" if counts_every > 1 else "")
     out = [f"| setting | run | epochs with Nash (test) | test AUROC there | closest \\|recall − specificity\\| (epoch) | "
            f"curves cross | val-selected epoch (its test AUROC) | {head} |", "|---|---|---|---|---|---|---|---|"]
-    pick = t if every_variant else t[(t.variant == "paper eGAN") | _untrained(t)]
+    egan = t[t.model == "eGAN"]
+    pick = egan if every_variant else egan[(egan.variant == "paper eGAN") | _untrained(egan)]
     for exp in _order(pick.drop_duplicates("experiment")).itertuples():
         for path in sorted(glob.glob(os.path.join(runs_dir, exp.experiment, "*", "metrics.csv"))):
             if not os.path.isfile(os.path.join(os.path.dirname(path), "report.json")):
