@@ -44,7 +44,16 @@ def _table(rows: pd.DataFrame, cols: list[tuple[str, str]], label) -> str:
 
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(_s=df.setting.map({s: i for i, s in enumerate(SETTINGS)})).sort_values("_s", kind="stable").drop(columns="_s")
+    return df.assign(_s=df.setting.map(_rank)).sort_values("_s", kind="stable").drop(columns="_s")
+
+
+def _rank(setting: str) -> int:
+    """The study's settings in SETTINGS order; a grid's other settings after them, in grid order."""
+    return SETTINGS.index(setting) if setting in SETTINGS else len(SETTINGS)
+
+
+def _settings(df: pd.DataFrame) -> list[str]:
+    return sorted(dict.fromkeys(df.setting), key=_rank)
 
 
 def issue5_table(t: pd.DataFrame) -> str:
@@ -120,7 +129,7 @@ def _bars(g: pd.DataFrame, path: str) -> None:
     """Test AUROC bars per setting, one bar per row label, with the per-run 95% bootstrap CI as error bars."""
     import matplotlib.pyplot as plt
 
-    settings = [s for s in SETTINGS if s in set(g.setting)]
+    settings = _settings(g)
     labels = list(dict.fromkeys(g.label))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings) + 2), 4))
     w = 0.8 / max(len(labels), 1)
@@ -169,7 +178,7 @@ def _per_epoch(t: pd.DataFrame, runs_dir: str, path: str) -> None:
     # A column per (setting, run length), so that a 3,000-update run does not squash the 480-update ones.
     length = {k: int(max(m.updates.max() for m in ms)) for k, ms in hist.items() if ms}
     columns = list(dict.fromkeys((e.setting, length[e.experiment]) for e in exps.itertuples() if e.experiment in length))
-    columns.sort(key=lambda c: (SETTINGS.index(c[0]) if c[0] in SETTINGS else len(SETTINGS), c[1]))
+    columns.sort(key=lambda c: (_rank(c[0]), c[1]))
     fig, axes = plt.subplots(2, len(columns), figsize=(3.3 * len(columns), 6.5), squeeze=False, sharey="row")
     for exp in exps.itertuples():
         ms = hist[exp.experiment]
