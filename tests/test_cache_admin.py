@@ -47,6 +47,8 @@ def test_reuse_marks_use_and_prune_keeps_recent_deletes_old_and_debris(tmp_path,
     assert [e.images for e in entries if not e.debris] == [4, 4]
     assert sorted(os.path.basename(e.files[0]) for e in entries if e.debris) == sorted([tmp_debris.name, tmp_index.name, orphan.name])
 
+    assert admin_main([str(cache)]) == 0  # listing alone deletes nothing
+    assert "would delete" not in capsys.readouterr().out and len(os.listdir(cache)) == 7
     assert admin_main([str(cache), "--unused-days", "30", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("would delete") == 5 and "image_size=32" in out

@@ -12,6 +12,7 @@ builds that were killed (``.tmp<pid>`` files of processes that no longer run, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -89,7 +90,8 @@ def _describe(e: CacheEntry) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m egan_med.data.cache_admin", description=__doc__.splitlines()[0])
     p.add_argument("cache_dir", help="the folder named by data.cache_dir")
-    p.add_argument("--unused-days", type=float, help="delete caches whose last use is older than this many days")
+    p.add_argument("--unused-days", type=float,
+                   help="delete caches whose last use is older than this many days, and the debris of killed builds")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     a = p.parse_args(argv)
     if not os.path.isdir(a.cache_dir):
@@ -102,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     for e in entries:
         print(_describe(e))
     print(f"{len(entries)} entries, {sum(e.bytes for e in entries) / 2**30:.2f} GiB in {a.cache_dir}")
-    doomed = prune(entries, a.unused_days)
+    doomed = prune(entries, a.unused_days) if a.unused_days is not None else []  # listing alone deletes nothing
     for e in doomed:
         for f in e.files:
             if not a.dry_run:
-                os.remove(f)
+                with contextlib.suppress(FileNotFoundError):  # another prune got there first
+                    os.remove(f)
             print(f"{'would delete' if a.dry_run else 'deleted'} {f}")
     if doomed:
         print(f"{'would free' if a.dry_run else 'freed'} {sum(e.bytes for e in doomed) / 2**30:.2f} GiB")
