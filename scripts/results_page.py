@@ -146,9 +146,9 @@ def _bars(g: pd.DataFrame, path: str) -> None:
     ax.set_xticks([j + 0.4 - w / 2 for j in range(len(settings))], settings, fontsize=8)
     ax.set_ylabel("test AUROC (val-selected), 95% CI")
     ax.set_ylim(0.3, 1.0)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below: never over a bar
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
