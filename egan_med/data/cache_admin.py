@@ -8,6 +8,7 @@ Each cache is one ``images_<preprocess>_<manifest>.npy`` plus its ``.json`` inde
 cohort makes a new pair and nothing deletes the old one, and at 224 px a CheXpert-sized cache is ~25 GB.
 Reusing a cache touches its index, so "last used" is the index's mtime. Pruning also removes the debris of
 builds that were killed (``.tmp<pid>`` files of processes that no longer run, and an .npy without its index).
+Process ids are this machine's: on a cache folder shared between machines, run it where the builds run.
 """
 from __future__ import annotations
 
