@@ -94,10 +94,7 @@ def nash_table(runs_dir: str, t: pd.DataFrame, every_variant: bool = False, coun
     egan = t[t.model == "eGAN"]
     pick = egan if every_variant else egan[(egan.variant == "paper eGAN") | _untrained(egan)]
     for exp in _order(pick.drop_duplicates("experiment")).itertuples():
-        for path in sorted(glob.glob(os.path.join(runs_dir, exp.experiment, "*", "metrics.csv"))):
-            if not os.path.isfile(os.path.join(os.path.dirname(path), "report.json")):
-                continue  # still training: its history is not final
-            m = pd.read_csv(path)
+        for run, m in _finished_histories(runs_dir, exp.experiment).items():
             nash = [int(e) + 1 for e, f in zip(m.epoch, m.test_nash) if bool(f)]
             at_nash = m.test_auroc[m.test_nash.astype(bool)]
             at_nash = (f"{at_nash.mean():.2f}" + (f" ({at_nash.min():.2f}-{at_nash.max():.2f})" if len(at_nash) > 1 else "")
@@ -110,7 +107,7 @@ def nash_table(runs_dir: str, t: pd.DataFrame, every_variant: bool = False, coun
             closest = int(abs(diff).argmin())
             signs = [v for v in diff if v != 0]
             crossings = sum(1 for a, b in zip(signs, signs[1:]) if (a > 0) != (b > 0))
-            out.append(f"| {_exp_label(exp)} | {os.path.basename(os.path.dirname(path))} | "
+            out.append(f"| {_exp_label(exp)} | {run} | "
                        f"{', '.join(map(str, nash)) or 'never'} | {at_nash} | {abs(diff[closest]):.3f} ({closest + 1}) | "
                        f"{crossings or 'never'}{' times' if crossings > 1 else ' time' if crossings else ''} | "
                        f"{best} ({m.test_auroc[best - 1]:.2f}) | {counts} |")
@@ -152,9 +149,10 @@ def _bars(g: pd.DataFrame, path: str) -> None:
     plt.close(fig)
 
 
-def _finished_histories(runs_dir: str, experiment: str, sub: str = "") -> list[pd.DataFrame]:
-    """metrics.csv of every finished run of an experiment (``sub``: e.g. "baseline"), with an ``updates`` column."""
-    out = []
+def _finished_histories(runs_dir: str, experiment: str, sub: str = "") -> dict[str, pd.DataFrame]:
+    """{run name: metrics.csv} of every finished run of an experiment (``sub``: e.g. "baseline"), with an
+    ``updates`` column; a run still training (no report.json) is left out, its history not being final."""
+    out = {}
     for run in sorted(glob.glob(os.path.join(runs_dir, experiment, "*", ""))):
         path = os.path.join(run, sub, "metrics.csv")
         if not (os.path.isfile(os.path.join(run, "report.json")) and os.path.isfile(path)):
@@ -162,7 +160,7 @@ def _finished_histories(runs_dir: str, experiment: str, sub: str = "") -> list[p
         with open(os.path.join(run, "config.yaml"), encoding="utf-8") as fh:
             steps = int((yaml.safe_load(fh).get("train") or {}).get("max_steps_per_epoch") or 0)
         m = pd.read_csv(path)
-        out.append(m.assign(updates=(m.epoch + 1) * steps if steps else m.epoch + 1))
+        out[os.path.basename(os.path.dirname(run))] = m.assign(updates=(m.epoch + 1) * steps if steps else m.epoch + 1)
     return out
 
 
@@ -174,7 +172,7 @@ def _per_epoch(t: pd.DataFrame, runs_dir: str, path: str) -> None:
 
     exps = _order(t.drop_duplicates("experiment"))
     variants = list(dict.fromkeys(exps.variant))
-    hist = {e.experiment: _finished_histories(runs_dir, e.experiment) for e in exps.itertuples()}
+    hist = {e.experiment: list(_finished_histories(runs_dir, e.experiment).values()) for e in exps.itertuples()}
     # A column per (setting, run length), so that a 3,000-update run does not squash the 480-update ones.
     length = {k: int(max(m.updates.max() for m in ms)) for k, ms in hist.items() if ms}
     columns = list(dict.fromkeys((e.setting, length[e.experiment]) for e in exps.itertuples() if e.experiment in length))
@@ -191,7 +189,7 @@ def _per_epoch(t: pd.DataFrame, runs_dir: str, path: str) -> None:
         axes[1, col].plot(m.index, m.test_correct_majority / m.test_n_majority, color=color, lw=1, ls=":", label=f"{exp.variant}: majority")
         base = _finished_histories(runs_dir, exp.experiment, "baseline")
         if base:
-            b = pd.concat(base).groupby("updates").mean(numeric_only=True)
+            b = pd.concat(base.values()).groupby("updates").mean(numeric_only=True)
             axes[0, col].plot(b.index, b.test_auroc, color="k", lw=1.5, ls="-" if exp.variant == "paper eGAN" else "--",
                               label="supervised baseline" + ("" if exp.variant == "paper eGAN" else f" ({exp.variant})"))
     for col, (setting, n) in enumerate(columns):
