@@ -29,7 +29,7 @@ class CohortOptions:
     unit: str | None = None  # CheXpert: study|image (default study)
     views: str = "all"  # all|frontal|lateral
     minority: str | None = None  # class name/index for folder, npz, CIFAR, generic sources
-    majority: str | None = None  # None = every other class
+    majority: str | None = None  # None = every other class; "a,b" = several classes
     dataset: str | None = None  # CIFAR: cifar10 (default) | cifar100
     coarse: bool = False  # CIFAR-100 coarse labels
     patient_regex: str | None = None  # folder source: first group of this regex on the path = patient
