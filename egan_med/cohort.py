@@ -18,7 +18,8 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from egan_med.cohort_options import SPLITS, CohortError, CohortOptions, check_paths_inside, check_real_paths, stage  # noqa: F401 - re-exported
+from egan_med.cohort_options import (SPLITS, CohortError, CohortOptions, check_paths_inside,  # noqa: F401 - re-exported
+                                     check_real_paths, stage)
 from egan_med.cohort_sources import read_source
 
 MANIFEST_COLUMNS = ["path", "minority", "split", "fold", "patient", "study"]
@@ -27,7 +28,8 @@ EXCLUDED_CSV_MAX_ROWS = 250_000  # above this only the per-reason counts are kep
 REASONS = {
     "uncertain": "label -1 (uncertain) under --uncertain ignore", "view": "view not selected by --views",
     "same_study": "another image of the same study represents it (--unit study)",
-    "other_class": "class is neither --minority nor --majority", "no_label": "blank or missing-like label (NaN, N/A, null, none, ...)",
+    "other_class": "class is neither --minority nor --majority",
+    "no_label": "blank or missing-like label (NaN, N/A, null, none, ...)",
     "not_image": "file is not an image", "not_sampled": "in the pool but not drawn by the requested sizes/ratio/folds",
 }
 

@@ -268,13 +268,14 @@ def _classes(t: SourceTable, o: CohortOptions, labels: np.ndarray, names: dict[s
     names = names or {}
     missing = labels == ""
     if missing_like:
-        requested = {o.minority, *(o.majority or "").split(",")}  # a class the user names explicitly is a class
+        requested = {o.minority, *(m.strip() for m in (o.majority or "").split(","))}  # a named class is a class
         lower = np.char.lower(labels.astype(str))
         missing = np.isin(lower, sorted(MISSING_LABELS - {c.lower() for c in requested if c}))
     seen = set(labels[~missing].tolist())
     majority = None
     if o.majority:  # one class, or a comma-separated list when no class has that exact name
-        majority = [o.majority] if names.get(o.majority, o.majority) in seen else [m.strip() for m in o.majority.split(",")]
+        majority = [o.majority] if names.get(o.majority, o.majority) in seen \
+            else [m.strip() for m in o.majority.split(",")]
     by_lower: dict[str, set[str]] = {}
     for lab in seen:
         by_lower.setdefault(lab.lower(), set()).add(lab)
@@ -282,8 +283,8 @@ def _classes(t: SourceTable, o: CohortOptions, labels: np.ndarray, names: dict[s
         want = names.get(cls, cls)
         if variants := sorted(by_lower.get(want.lower(), set()) - {want}):
             n = int(np.isin(labels, variants).sum())
-            raise CohortError(f"label {variants[0]!r} ({n} row(s)) differs from {flag} {cls!r} only in case; class names "
-                              f"must match exactly: fix the labels or pass the exact name")
+            raise CohortError(f"label {variants[0]!r} ({n} row(s)) differs from {flag} {cls!r} only in case; "
+                              f"class names must match exactly: fix the labels or pass the exact name")
         if want not in seen:
             present = ", ".join(sorted(names or seen)[:20])
             raise CohortError(f"class {cls!r} has no images; classes present: {present}")

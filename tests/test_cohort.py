@@ -290,7 +290,8 @@ def test_leak_check_and_atomic_overwrite(tmp_path: Path, monkeypatch: pytest.Mon
     real_replace, listing = os.replace, sorted(os.listdir(out))
 
     def failing_replace(src: str, dst: str) -> None:  # the new cohort.json cannot take the old one's place
-        if os.path.basename(dst) == "cohort.json" and os.path.dirname(dst) == str(out) and os.path.basename(os.path.dirname(src)) != "old":
+        moving_old = os.path.basename(os.path.dirname(src)) == "old"  # putting the previous file back works
+        if os.path.basename(dst) == "cohort.json" and os.path.dirname(dst) == str(out) and not moving_old:
             raise OSError("simulated failure")
         real_replace(src, dst)
     monkeypatch.setattr(cohort.os, "replace", failing_replace)

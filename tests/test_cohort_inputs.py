@@ -125,8 +125,8 @@ def _cifar(folder: Path) -> None:
 
 def test_cifar_pickles_load_without_running_code(tmp_path: Path, capsys) -> None:
     _cifar(tmp_path / "cifar")
-    meta = build(CohortOptions(source="cifar", input=str(tmp_path / "cifar"), minority="airplane", majority="automobile",
-                               val_minority=1, val_majority=1), str(tmp_path / "ok"))
+    meta = build(CohortOptions(source="cifar", input=str(tmp_path / "cifar"), minority="airplane",
+                               majority="automobile", val_minority=1, val_majority=1), str(tmp_path / "ok"))
     assert meta["counts"]["pool"] == {"minority": 12, "majority": 12}
     for hostile in ({"data": np.zeros((1, 3072), np.uint8), "labels": [_Hostile(tmp_path / "pwned")]},
                     _Hostile(tmp_path / "pwned")):
