@@ -120,4 +120,5 @@ def check_real_paths(paths: np.ndarray, root: str, entries: bool = False) -> Non
             continue  # in a missing folder inside the root: cannot be a link
         real, _ = resolve(file, False)
         if not (real == real_root or real.startswith(prefix)):
-            raise CohortError(f"image path(s) leave the data root {root} through a symlink, e.g. {p!r} -> {real}")
+            raise CohortError(f"image path(s) leave the data root {root} through a symlink, e.g. {p!r} -> {real}; "
+                              f"if that is intended, pass --root a folder that really holds them")
