@@ -296,7 +296,8 @@ def _classes(t: SourceTable, o: CohortOptions, labels: np.ndarray, names: dict[s
     t.excluded += [(t.path[missing], "no_label"), (t.path[~kept & ~missing], "other_class")]
     t.stages.append(stage("other classes / blank labels dropped", (~kept).sum()))
     if not majority:
-        others = sorted(seen - {names.get(o.minority, o.minority)})
+        shown = {v: k for k, v in names.items()}  # CIFAR: say class names, not indices
+        others = sorted(shown.get(lab, lab) for lab in seen - {names.get(o.minority, o.minority)})
         t.notes.append(f"majority = every other class ({len(others)}): {', '.join(others[:10])}"
                        f"{', ...' if len(others) > 10 else ''}; pass --majority to name them")
     t.keep(kept, mino.astype(np.int8))
@@ -433,9 +434,9 @@ def read_cifar(o: CohortOptions, folder: str) -> SourceTable:
         full = os.path.join(folder, f)
         digest.update(bytes.fromhex(_sha256(full)))
         d = _load_cifar_pickle(full)
-        if f"{key}s" not in d and not f.endswith("meta") or f.endswith("meta") and f"{key}_names" not in d:
-            raise CohortError(f"{full} is not a CIFAR {'meta' if f.endswith('meta') else 'batch'} file "
-                              f"(no {key + ('_names' if f.endswith('meta') else 's')!r} entry)")
+        need = f"{key}_names" if f.endswith("meta") else f"{key}s"
+        if need not in d:
+            raise CohortError(f"{full} is not a CIFAR {'meta' if f.endswith('meta') else 'batch'} file (no {need!r})")
         if f.endswith("meta"):
             names = {nm: str(i) for i, nm in enumerate(d[f"{key}_names"])}
             continue

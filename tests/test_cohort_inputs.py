@@ -128,6 +128,9 @@ def test_cifar_pickles_load_without_running_code(tmp_path: Path, capsys) -> None
     meta = build(CohortOptions(source="cifar", input=str(tmp_path / "cifar"), minority="airplane",
                                majority="automobile", val_minority=1, val_majority=1), str(tmp_path / "ok"))
     assert meta["counts"]["pool"] == {"minority": 12, "majority": 12}
+    meta = build(CohortOptions(source="cifar", input=str(tmp_path / "cifar"), minority="airplane", val_minority=1,
+                               val_majority=1), str(tmp_path / "rest"))
+    assert "majority = every other class (1): automobile; pass --majority to name them" in meta["notes"]
     for hostile in ({"data": np.zeros((1, 3072), np.uint8), "labels": [_Hostile(tmp_path / "pwned")]},
                     _Hostile(tmp_path / "pwned")):
         with open(tmp_path / "cifar" / "data_batch_1", "wb") as fh:
