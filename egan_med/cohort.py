@@ -18,7 +18,8 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from egan_med.cohort_options import SPLITS, CohortError, CohortOptions, check_paths_inside, stage  # noqa: F401 - re-exported
+from egan_med.cohort_options import (SPLITS, CohortError, CohortOptions, check_paths_inside,  # noqa: F401 - re-exported
+                                     check_real_paths, stage)
 from egan_med.cohort_sources import read_source
 
 MANIFEST_COLUMNS = ["path", "minority", "split", "fold", "patient", "study"]
@@ -27,7 +28,8 @@ EXCLUDED_CSV_MAX_ROWS = 250_000  # above this only the per-reason counts are kep
 REASONS = {
     "uncertain": "label -1 (uncertain) under --uncertain ignore", "view": "view not selected by --views",
     "same_study": "another image of the same study represents it (--unit study)",
-    "other_class": "class is neither --minority nor --majority", "no_label": "blank label",
+    "other_class": "class is neither --minority nor --majority",
+    "no_label": "blank or missing-like label (NaN, N/A, null, none, ...)",
     "not_image": "file is not an image", "not_sampled": "in the pool but not drawn by the requested sizes/ratio/folds",
 }
 
@@ -188,35 +190,59 @@ def _excluded_text(excluded: list[tuple[np.ndarray, str]], n: int) -> str:
     return _csv_text(["path", "reason"], [paths, reasons])
 
 
+BUILDER_FILES = ("cohort.csv", "cohort.json", "excluded.csv")  # everything build() writes into a cohort folder
+
+
 def write_atomic(out: str, files: dict[str, str], overwrite: bool) -> None:
-    """Write `files` into a sibling temp folder, then rename it to `out` (replacing it if `overwrite`; other
-    files already in `out` are carried over)."""
+    """Write `files` into `out`, all or nothing.
+
+    A new folder is written beside `out` and renamed into place. Replacing an existing one (`overwrite`) touches
+    only the builder's own files (BUILDER_FILES): the old ones are moved aside, the new ones renamed in, and on
+    any error the old ones are put back; a builder file this build does not write (excluded.csv when too long)
+    goes with the old ones. Anything else in `out` (a README, notes, subfolders) is never moved or deleted.
+
+    Args:
+        out: the cohort folder.
+        files: file name -> text.
+        overwrite: replace the builder files of an existing `out`.
+    """
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    exists = os.path.lexists(out)
+    if exists and not overwrite:
+        raise CohortError(f"{out} exists; pass --overwrite to replace it")
+    if exists and not os.path.isdir(out):
+        raise CohortError(f"{out} exists and is not a folder")
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=out if exists else parent)
     try:
         for name, text in files.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8", newline="") as f:
                 f.write(text)
-        os.chmod(tmp, 0o755)
-        if not os.path.exists(out):
+        if not exists:
+            os.chmod(tmp, 0o755)
             os.rename(tmp, out)
-        elif not overwrite:
-            raise CohortError(f"{out} exists; pass --overwrite to replace it")
-        else:
-            for extra in sorted(set(os.listdir(out)) - {"cohort.csv", "cohort.json", "excluded.csv"}):
-                if os.path.isfile(os.path.join(out, extra)):  # e.g. a README kept beside the cohort files
-                    shutil.copy2(os.path.join(out, extra), tmp)
-            os.rename(out, tmp + ".old")
-            try:
-                os.rename(tmp, out)
-            except OSError:
-                os.rename(tmp + ".old", out)  # put the previous cohort back
-                raise
-            shutil.rmtree(tmp + ".old")
+            return
+        old = os.path.join(tmp, "old")
+        os.mkdir(old)
+        moved, placed = [], []
+        try:
+            for name in BUILDER_FILES:
+                if os.path.isfile(os.path.join(out, name)):
+                    os.replace(os.path.join(out, name), os.path.join(old, name))
+                    moved.append(name)
+            for name in files:
+                os.replace(os.path.join(tmp, name), os.path.join(out, name))
+                placed.append(name)
+        except BaseException:
+            for name in placed:
+                if name not in moved:
+                    os.remove(os.path.join(out, name))
+            for name in moved:  # put the previous cohort back
+                os.replace(os.path.join(old, name), os.path.join(out, name))
+            raise
     finally:
         if os.path.exists(tmp):
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp)  # holds only what this call wrote, and the previous builder files
 
 
 def _rel(path: str, start: str) -> str:
@@ -266,6 +292,7 @@ def build(o: CohortOptions, out: str, overwrite: bool = False) -> dict:
     t = read_source(o)
     if not t.plain:
         check_paths_inside(t.path, t.root)
+    check_real_paths(t.path, t.root, entries=t.source in ("medmnist", "cifar10", "cifar100"))
     split, fold = assign(t, o, np.random.default_rng(o.seed))
     rows = np.concatenate([np.flatnonzero(split == i) for i in range(len(SPLITS))])
     codes = {k: None if c is None else c[rows] for k, c in (("patient", t.patient_code), ("study", t.study_code))}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import os
 import posixpath
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ class CohortOptions:
     unit: str | None = None  # CheXpert: study|image (default study)
     views: str = "all"  # all|frontal|lateral
     minority: str | None = None  # class name/index for folder, npz, CIFAR, generic sources
-    majority: str | None = None  # None = every other class
+    majority: str | None = None  # None = every other class; "a,b" = several classes
     dataset: str | None = None  # CIFAR: cifar10 (default) | cifar100
     coarse: bool = False  # CIFAR-100 coarse labels
     patient_regex: str | None = None  # folder source: first group of this regex on the path = patient
@@ -79,3 +80,45 @@ def check_paths_inside(paths: np.ndarray, root: str) -> None:
         norm = posixpath.normpath(p.replace("\\", "/")) if p else ""
         if not p or p[0] in "/\\" or p[1:2] == ":" or norm == ".." or norm.startswith("../"):
             raise CohortError(f"image path(s) escape the data root {root}, e.g. {p!r}")
+
+
+def check_real_paths(paths: np.ndarray, root: str, entries: bool = False) -> None:
+    """Refuse paths that leave the data root through a symlink (check_paths_inside reads only the text).
+
+    Folders are resolved one component at a time and memoised, and nothing below a missing folder can be a
+    link: a CheXpert-sized table whose images are not there yet costs one set lookup per path; where they are,
+    about one lstat per file and per folder.
+
+    Args:
+        paths: paths relative to `root` (already passed check_paths_inside).
+        root: the data root.
+        entries: paths are `<file>#<entry>` addresses (npz, CIFAR); only the file part is a path.
+    """
+    real_root = os.path.realpath(root)
+    prefix = real_root.rstrip(os.sep) + os.sep
+    memo: dict[str, tuple[str, bool]] = {"": (real_root, True)}  # folder -> (real path, exists)
+
+    def resolve(rel: str, want_dir: bool) -> tuple[str, bool]:
+        parent, _, name = rel.rpartition("/")
+        if parent not in memo:
+            memo[parent] = resolve(parent, True)
+        base, exists = memo[parent]
+        full = os.path.join(base, name)
+        if not exists or not name:
+            return full, False
+        real = os.path.realpath(full) if os.path.islink(full) else full
+        return real, (os.path.isdir(real) if want_dir else True)
+
+    lst = paths.tolist()
+    files = [(p.partition("#")[0] if entries else p).replace("\\", "/") for p in lst]
+    if all("/" in f for f in files) and not any(os.path.lexists(os.path.join(real_root, t))
+                                                for t in {f.partition("/")[0] for f in files}):
+        return  # no top-level folder is there (images not copied yet): nothing can be a link
+    for p, file in zip(lst, files):
+        folder = file.rpartition("/")[0]
+        if folder in memo and not memo[folder][1] and memo[folder][0].startswith(prefix):
+            continue  # in a missing folder inside the root: cannot be a link
+        real, _ = resolve(file, False)
+        if not (real == real_root or real.startswith(prefix)):
+            raise CohortError(f"image path(s) leave the data root {root} through a symlink, e.g. {p!r} -> {real}; "
+                              f"if that is intended, pass --root a folder that really holds them")

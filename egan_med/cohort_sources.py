@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -241,19 +242,64 @@ def read_nih(o: CohortOptions, csv: str, cols: list[str]) -> SourceTable:
     return t
 
 
-def _classes(t: SourceTable, o: CohortOptions, labels: np.ndarray, names: dict[str, str] | None = None
-             ) -> SourceTable:
-    """Keep the --minority and --majority (default: every other) classes of string `labels`."""
-    names, seen = names or {}, set(labels.tolist()) - {""}
-    for cls in [o.minority] + ([o.majority] if o.majority else []):
-        if names.get(cls, cls) not in seen:
+# Spellings of "no label" that spreadsheets and pandas write (compared lower-case): a generic CSV row labelled
+# with one of these has no class, so it must not fall into "every other class" = majority.
+MISSING_LABELS = frozenset({"", "nan", "-nan", "n/a", "na", "#n/a", "#n/a n/a", "#na", "<na>", "null", "none", "nil",
+                            "missing", "?", "-", "1.#ind", "-1.#ind", "1.#qnan", "-1.#qnan"})
+
+
+def _classes(t: SourceTable, o: CohortOptions, labels: np.ndarray, names: dict[str, str] | None = None,
+             missing_like: bool = False) -> SourceTable:
+    """Keep the --minority and --majority (default: every other) classes of string `labels`.
+
+    Matching is exact. A label equal to a requested class only up to case is refused (it would otherwise turn
+    into majority unnoticed). --majority may list several classes separated by commas.
+
+    Args:
+        t: the source table; its rows are filtered in place.
+        o: the options (minority, majority).
+        labels: one string label per row of `t`.
+        names: CIFAR-style class name -> label map, or None.
+        missing_like: also treat NaN, N/A, null, none, ... (any case) as no label, not as a class.
+
+    Returns:
+        `t`, keeping only minority and majority rows.
+    """
+    names = names or {}
+    missing = labels == ""
+    if missing_like:
+        requested = {o.minority, *(m.strip() for m in (o.majority or "").split(","))}  # a named class is a class
+        lower = np.char.lower(labels.astype(str))
+        missing = np.isin(lower, sorted(MISSING_LABELS - {c.lower() for c in requested if c}))
+    seen = set(labels[~missing].tolist())
+    majority = None
+    if o.majority:  # one class, or a comma-separated list when no class has that exact name
+        majority = [o.majority] if names.get(o.majority, o.majority) in seen \
+            else [m.strip() for m in o.majority.split(",")]
+    by_lower: dict[str, set[str]] = {}
+    for lab in seen:
+        by_lower.setdefault(lab.lower(), set()).add(lab)
+    for cls, flag in [(o.minority, "--minority")] + [(m, "--majority") for m in majority or []]:
+        want = names.get(cls, cls)
+        if variants := sorted(by_lower.get(want.lower(), set()) - {want}):
+            n = int(np.isin(labels, variants).sum())
+            raise CohortError(f"label {variants[0]!r} ({n} row(s)) differs from {flag} {cls!r} only in case; "
+                              f"class names must match exactly: fix the labels or pass the exact name")
+        if want not in seen:
             present = ", ".join(sorted(names or seen)[:20])
             raise CohortError(f"class {cls!r} has no images; classes present: {present}")
+    if majority and o.minority in majority:
+        raise CohortError(f"class {o.minority!r} is given as both --minority and --majority")
     mino = labels == names.get(o.minority, o.minority)
-    kept = mino | ((labels == names.get(o.majority, o.majority)) if o.majority else (labels != ""))
-    blank = labels == ""
-    t.excluded += [(t.path[blank], "no_label"), (t.path[~kept & ~blank], "other_class")]
+    kept = mino | (np.isin(labels, [names.get(m, m) for m in majority]) if majority else ~missing)
+    kept &= ~missing
+    t.excluded += [(t.path[missing], "no_label"), (t.path[~kept & ~missing], "other_class")]
     t.stages.append(stage("other classes / blank labels dropped", (~kept).sum()))
+    if not majority:
+        shown = {v: k for k, v in names.items()}  # CIFAR: say class names, not indices
+        others = sorted(shown.get(lab, lab) for lab in seen - {names.get(o.minority, o.minority)})
+        t.notes.append(f"majority = every other class ({len(others)}): {', '.join(others[:10])}"
+                       f"{', ...' if len(others) > 10 else ''}; pass --majority to name them")
     t.keep(kept, mino.astype(np.int8))
     return t
 
@@ -276,7 +322,7 @@ def read_generic(o: CohortOptions, csv: str, cols: list[str]) -> SourceTable:
     t.stages.append(stage("rows read", len(df)))
     if "patient" not in col:
         t.notes.append("no patient column: every image is its own group, patient leakage cannot be checked")
-    return _classes(t, o, col["label"])
+    return _classes(t, o, col["label"], missing_like=True)
 
 
 def _rebase(paths: list[str], base: str, root: str) -> np.ndarray:
@@ -345,6 +391,37 @@ def read_npz(o: CohortOptions, npz: str) -> SourceTable:
     return _classes(t, o, np.concatenate([lab.astype(np.int64).astype(str) for lab in labels.values()]).astype(object))
 
 
+# The only globals the official CIFAR python archives (and torchvision's re-pickles) need: numpy's array
+# reconstruction and, for protocol-2 pickles written by Python 3, bytes via _codecs.encode.
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An Unpickler that builds dicts, lists, strings, numbers and numpy arrays only: a pickle that names any
+    other callable (os.system, builtins.exec, ...) is refused before it can run."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused: it calls {module}.{name}, which no CIFAR archive does")
+        with warnings.catch_warnings():  # numpy 2 warns on the numpy.core name that the official files use
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return super().find_class(module, name)
+
+
+def _load_cifar_pickle(path: str) -> dict:
+    """One CIFAR python batch or meta file, unpickled without running code; CohortError if it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            d = _CifarUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise CohortError(f"{path} is not a CIFAR pickle ({' '.join(str(e).split())[:200]})")
+    if not isinstance(d, dict):
+        raise CohortError(f"{path} is not a CIFAR pickle (holds a {type(d).__name__}, not a dict)")
+    return d
+
+
 def read_cifar(o: CohortOptions, folder: str) -> SourceTable:
     """torchvision's CIFAR python pickles; an image is `<batch file>#<index>`, e.g. `data_batch_3#17`."""
     dataset = o.dataset or "cifar10"
@@ -356,11 +433,10 @@ def read_cifar(o: CohortOptions, folder: str) -> SourceTable:
     for f in files:
         full = os.path.join(folder, f)
         digest.update(bytes.fromhex(_sha256(full)))
-        try:
-            with open(full, "rb") as fh:  # trusted local dataset pickles, as torchvision loads them
-                d = pickle.load(fh, encoding="latin1")
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise CohortError(f"{full} is not a CIFAR pickle ({e})")
+        d = _load_cifar_pickle(full)
+        need = f"{key}_names" if f.endswith("meta") else f"{key}s"
+        if need not in d:
+            raise CohortError(f"{full} is not a CIFAR {'meta' if f.endswith('meta') else 'batch'} file (no {need!r})")
         if f.endswith("meta"):
             names = {nm: str(i) for i, nm in enumerate(d[f"{key}_names"])}
             continue

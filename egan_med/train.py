@@ -51,6 +51,24 @@ def _epoch_metrics(prefix: str, y, logits, nash_threshold: float) -> dict:
     return row
 
 
+def _check_classes_left(ds_major, ds_minor, ds_eval: dict, skipped: list) -> None:
+    """Refuse, in one line, a split that data.on_bad_image=skip left without one of its classes.
+
+    Raises:
+        CohortError: naming the split, the class and an example of the unreadable images.
+    """
+    from egan_med.cohort import CohortError
+    left = {("train", "minority"): len(ds_minor), ("train", "majority"): len(ds_major)}
+    for split, ds in ds_eval.items():
+        n_min = sum(d["minority"] for d in ds.data)
+        left[(split, "minority")], left[(split, "majority")] = n_min, len(ds) - n_min
+    for (split, cls), n in left.items():
+        if n == 0:
+            example = f"; e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+            raise CohortError(f"the {split} split has no readable {cls} image left after data.on_bad_image=skip "
+                              f"({len(skipped)} unreadable image(s) in the cohort{example})")
+
+
 def train(cfg: Config, run_dir: str, resume: bool | None = None, force: bool = False) -> str:
     """Train one run and write its directory.
 
@@ -85,6 +103,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
     ds_major = dl.make_dataset(splits.train_majority, splits.root, cfg.data, train=True, seed=t.seed, skipped=skipped)
     ds_minor = dl.make_dataset(splits.train_minority, splits.root, cfg.data, train=True, seed=t.seed + 1, skipped=skipped)
     ds_eval = {s: dl.make_dataset(getattr(splits, s), splits.root, cfg.data, train=False, skipped=skipped) for s in ("val", "test")}
+    _check_classes_left(ds_major, ds_minor, ds_eval, skipped)  # before the run directory exists
     # DDP: each rank takes its slice of the single-process batch, so N processes train like one.
     sampler = BatchShardSampler(ds_major, t.seed, t.batch_size, rt.rank, rt.world_size) if rt.distributed else None
     loader = dl.make_loader(ds_major, t.batch_size // rt.world_size, shuffle=sampler is None,

@@ -10,6 +10,10 @@ Examples:
     python scripts/build_cohort.py --folder chest_xray --minority PNEUMONIA --majority NORMAL
     python scripts/build_cohort.py --cifar cifar-10-batches-py --minority airplane --majority automobile
 
+Class names match exactly: a label that differs from --minority/--majority only in case is an error, and in a
+generic CSV a blank or missing-like label (NaN, N/A, null, none, ...) is excluded (reason no_label), never majority.
+With --overwrite only cohort.csv, cohort.json and excluded.csv are replaced; other files in --out stay.
+
 Errors print one line `error: ...` on stderr and exit with status 2; nothing is written then.
 """
 from __future__ import annotations
@@ -42,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--unit", choices=("study", "image"), help="CheXpert: count studies or images (default study)")
     g.add_argument("--views", choices=("all", "frontal", "lateral"), default="all")
     g.add_argument("--minority", help="minority class (folder name, npz label, CIFAR name or index, generic label)")
-    g.add_argument("--majority", help="majority class (default: every other class)")
+    g.add_argument("--majority", help="majority class, or several separated by commas; any other class is excluded "
+                                      "(default: every other class)")
     g.add_argument("--dataset", choices=("cifar10", "cifar100"), help="CIFAR pickle flavour (default cifar10)")
     g.add_argument("--coarse", action="store_true", help="CIFAR-100 coarse (20 superclass) labels")
     g.add_argument("--patient-regex", help="folder source: regex whose first group in the path is the patient")

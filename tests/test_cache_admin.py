@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from egan_med.config import DataConfig
 from egan_med.data.cache import build_store, cache_files
@@ -12,7 +17,20 @@ from egan_med.data.cache_admin import main as admin_main
 from egan_med.data.cache_admin import scan
 
 CXR = sorted((Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr_covid_ccby" / "train").glob("*/*/*.jpg"))
-DEAD_PID = 4_194_304 + 17  # above Linux's pid_max: never a running process
+STEM = "images_0123456789ab_0123456789abcdef"  # the cache's exact naming pattern
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _npy(path: Path, shape: tuple[int, ...] = (2, 3, 8, 8)) -> None:
+    """An .npy with the header the cache writes."""
+    arr = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.uint8, shape=shape)
+    del arr
 
 
 def _age(path: str, days: float) -> None:
@@ -35,12 +53,13 @@ def test_reuse_marks_use_and_prune_keeps_recent_deletes_old_and_debris(tmp_path,
     assert not build_store(paths, new_cfg).built
     assert time.time() - os.path.getmtime(new_index) < 600
     _age(old_index, 40)
-    tmp_debris = cache / f"images_abc_def.tmp{DEAD_PID}.npy"
-    tmp_debris.write_bytes(b"half a cache")
-    tmp_index = cache / f"images_abc_def.json.tmp{DEAD_PID}"
+    dead = _dead_pid()
+    tmp_debris = cache / f"{STEM}.tmp{dead}.npy"
+    _npy(tmp_debris)
+    tmp_index = cache / f"{STEM}.json.tmp{dead}"
     tmp_index.write_text("{")
-    orphan = cache / "images_0123_4567.npy"  # an .npy whose index was never written
-    orphan.write_bytes(b"x" * 100)
+    orphan = cache / "images_0123456789ab_fedcba9876543210.npy"  # an .npy whose index was never written
+    _npy(orphan)
     _age(str(orphan), 2)
 
     entries = scan(str(cache))
@@ -64,3 +83,37 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
     assert admin_main([str(tmp_path), "--unused-days", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: cache folder not found: {tmp_path / 'nope'}", "error: --unused-days must be >= 0, got -1.0"]
+
+
+def test_prune_touches_only_files_the_cache_wrote(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    paths = []
+    for i in range(3):
+        Image.fromarray(np.full((20, 20), 40 * i, np.uint8)).save(tmp_path / f"img{i}.png")
+        paths.append(str(tmp_path / f"img{i}.png"))
+    cfg = DataConfig(image_size=16, cache_dir=str(cache))
+    build_store(paths, cfg)
+    npy, index = cache_files(str(cache), cfg, paths)
+    mine = {  # a user's files that only look like cache files
+        "images_features.npy": None, "images_features.json": '{"note": "mine"}',  # loose names
+        "images_0123456789ab_0123456789abcdef.npy": None,  # exact name, but no index and not an image array
+        "images_aaaaaaaaaaaa_bbbbbbbbbbbbbbbb.npy": "shape",  # exact name and an image array, with a foreign .json
+        "images_aaaaaaaaaaaa_bbbbbbbbbbbbbbbb.json": '{"shape": [9, 9]}',
+        f"images_0123456789ab_0123456789abcdef.tmp{10**30}.npy": None,  # a "pid" no process can have
+        f"images_0123456789ab_0123456789abcdef.json.tmp{10**30}": "{",
+        "images_mine.tmp1.npy": None,
+    }
+    for name, content in mine.items():
+        if content == "shape":
+            _npy(cache / name)
+        elif content is None and name.endswith(".npy"):
+            np.save(cache / name, np.arange(5.0))  # the user's own array
+        else:
+            (cache / name).write_text(content)
+    for f in os.listdir(cache):
+        _age(str(cache / f), 400)
+    assert admin_main([str(cache), "--unused-days", "30"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.count("deleted") == 2
+    assert sorted(os.listdir(cache)) == sorted(mine)  # the real cache went; every file of the user's stayed
+    assert not os.path.exists(npy) and not os.path.exists(index)

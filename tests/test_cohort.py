@@ -287,17 +287,19 @@ def test_leak_check_and_atomic_overwrite(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(CohortError, match="exists"):
         build(CohortOptions(input=str(COVID), label="No Finding", seed=1), str(out))
     import egan_med.cohort as cohort
-    real_rename = os.rename
+    real_replace, listing = os.replace, sorted(os.listdir(out))
 
-    def failing_rename(src: str, dst: str) -> None:  # the new folder cannot take the old one's place
-        if ".tmp-" in os.path.basename(src) and not src.endswith(".old"):
+    def failing_replace(src: str, dst: str) -> None:  # the new cohort.json cannot take the old one's place
+        moving_old = os.path.basename(os.path.dirname(src)) == "old"  # putting the previous file back works
+        if os.path.basename(dst) == "cohort.json" and os.path.dirname(dst) == str(out) and not moving_old:
             raise OSError("simulated failure")
-        real_rename(src, dst)
-    monkeypatch.setattr(cohort.os, "rename", failing_rename)
-    with pytest.raises(OSError, match="simulated"):
+        real_replace(src, dst)
+    monkeypatch.setattr(cohort.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):  # after the new cohort.csv went in: it is rolled back
         build(CohortOptions(input=str(COVID), label="No Finding", seed=1), str(out), overwrite=True)
     assert (out / "cohort.csv").read_bytes() == before and sorted(os.listdir(tmp_path)) == ["c"]
-    monkeypatch.setattr(cohort.os, "rename", real_rename)
+    assert sorted(os.listdir(out)) == listing
+    monkeypatch.setattr(cohort.os, "replace", real_replace)
     build(CohortOptions(input=str(COVID), label="No Finding", seed=1), str(out), overwrite=True)
     assert (out / "cohort.csv").read_bytes() != before
 

@@ -8,6 +8,8 @@ Each cache is one ``images_<preprocess>_<manifest>.npy`` plus its ``.json`` inde
 cohort makes a new pair and nothing deletes the old one, and at 224 px a CheXpert-sized cache is ~25 GB.
 Reusing a cache touches its index, so "last used" is the index's mtime. Pruning also removes the debris of
 builds that were killed (``.tmp<pid>`` files of processes that no longer run, and an .npy without its index).
+Only files the cache wrote are touched: exact cache names, an .npy header the cache writes, and for a complete
+cache an index that matches its .npy; a user's own .npy or .json beside them is left alone.
 Process ids are this machine's: on a cache folder shared between machines, run it where the builds run.
 """
 from __future__ import annotations
@@ -22,8 +24,15 @@ import sys
 import time
 from dataclasses import dataclass
 
-# What cache._write leaves while building: images_K_M.tmp<pid>.npy and images_K_M.json.tmp<pid>.
-TMP = re.compile(r"^images_\w+(?:\.json)?\.tmp(\d+)(?:\.npy)?$")
+import numpy as np
+
+# Names cache.cache_files() and cache._write() give, exactly: images_<12 hex>_<16 hex>.npy and .json, and while
+# building images_<...>.tmp<pid>.npy and images_<...>.json.tmp<pid>. Anything else is the user's and never touched.
+STEM = r"images_[0-9a-f]{12}_[0-9a-f]{16}"
+CACHE = re.compile(rf"^{STEM}\.npy$")
+TMP = re.compile(rf"^{STEM}(?:\.json)?\.tmp(\d+)(?:\.npy)?$")
+INDEX_KEYS = {"shape", "preprocess", "count", "failures", "created"}  # what cache._write puts in an index
+MAX_PID = 2**22  # Linux's highest possible pid_max: a larger "pid" was not written by a build on this machine
 
 
 @dataclass
@@ -43,16 +52,43 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):  # someone else's process / not a pid: do not call it dead
         return True
     return True
 
 
+def _npy_shape(path: str) -> tuple[int, ...] | None:
+    """Shape of an .npy the cache could have written (4-D (N, C, S, S) unsigned ints), else None."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)  # the header only, not the data
+    except (OSError, ValueError, EOFError):
+        return None
+    ok = len(shape) == 4 and shape[1] in (1, 3) and shape[2] == shape[3] and not fortran and dtype.kind == "u"
+    return tuple(shape) if ok else None
+
+
+def _index(path: str) -> dict | None:
+    """The cache's index at `path`, or None when the file is not one cache._write wrote."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and INDEX_KEYS <= set(meta) else None
+
+
 def scan(cache_dir: str) -> list[CacheEntry]:
-    """Every cache and every piece of debris in ``cache_dir``, most recently used first."""
+    """Every cache and every piece of debris in ``cache_dir``, most recently used first.
+
+    Only files the cache provably wrote are listed: its exact names, and for a complete cache an index whose
+    shape is the .npy's. A user's own files, whatever their names, are never entries (so never deleted).
+    """
     entries = []
     for npy in glob.glob(os.path.join(cache_dir, "images_*.npy")):
-        if TMP.match(os.path.basename(npy)):
+        if not CACHE.match(os.path.basename(npy)) or (shape := _npy_shape(npy)) is None:
             continue
         index = npy[:-4] + ".json"
         if not os.path.isfile(index):
@@ -61,16 +97,16 @@ def scan(cache_dir: str) -> list[CacheEntry]:
             entries.append(CacheEntry([npy], os.path.getsize(npy), os.path.getmtime(npy), None, None,
                                       "no index: its build never finished"))
             continue
-        try:
-            with open(index, encoding="utf-8") as fh:
-                meta = json.load(fh)
-        except (OSError, ValueError):
-            meta = {}
+        meta = _index(index)
+        if meta is None or tuple(meta["shape"]) != shape:
+            continue  # not an index the cache wrote for this .npy
         entries.append(CacheEntry([npy, index], os.path.getsize(npy) + os.path.getsize(index), os.path.getmtime(index),
                                   meta.get("count"), meta.get("preprocess")))
     for path in glob.glob(os.path.join(cache_dir, "images_*.tmp*")):
         m = TMP.match(os.path.basename(path))
-        if m and not _pid_alive(int(m.group(1))):
+        if not m or int(m.group(1)) > MAX_PID or (path.endswith(".npy") and _npy_shape(path) is None):
+            continue
+        if not _pid_alive(int(m.group(1))):
             entries.append(CacheEntry([path], os.path.getsize(path), os.path.getmtime(path), None, None,
                                       f"left by process {m.group(1)}, which no longer runs"))
     return sorted(entries, key=lambda e: -e.last_used)

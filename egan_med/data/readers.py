@@ -97,7 +97,17 @@ def _output_range(ds: pydicom.Dataset) -> tuple[float, float]:
 
 
 # Readers are passed at call time so that their own exception reaches us, not LoadImage's multi-reader summary.
-_pil_reader = PILReader(converter=_pil_to_supported_mode, reverse_indexing=False)
+class _WritablePILReader(PILReader):
+    """PILReader whose arrays are writable. MONAI's reader returns np.asarray(PIL image), a read-only view;
+    LoadImage then wraps it with torch.as_tensor, which warns (two lines on stderr, before any error of the
+    run) that writing to it is undefined. Owning a copy costs one small memcpy per decoded image."""
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        data, meta = super().get_data(img)
+        return (data if data.flags.writeable else data.copy()), meta
+
+
+_pil_reader = _WritablePILReader(converter=_pil_to_supported_mode, reverse_indexing=False)
 _dicom_reader = RadiographDicomReader()
 _loaders: dict[str, LoadImage] = {}
 _lock = threading.Lock()  # cache-building threads share the loaders and the npz arrays
