@@ -28,7 +28,8 @@ from monai.transforms import (
 from egan_med.config import DataConfig
 from egan_med.data.readers import load_image, to_channels
 
-PREPROCESS_VERSION = 1  # bump when preprocess() changes, so persistent caches are rebuilt
+# Bump when preprocess() changes, so persistent caches are rebuilt. 2: >8-bit and float images scaled by real depth.
+PREPROCESS_VERSION = 2
 
 
 def stored_channels(cfg: DataConfig) -> int:
