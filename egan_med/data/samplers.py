@@ -57,3 +57,26 @@ class BatchShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return sum(len(p) for p in self._slices())
+
+
+_MINORITY_CAP_STREAM = 0xFFFFFFFE  # item_seed's index slot for train.minority_cap's draw
+
+
+def minority_subset(n: int, cap: int, seed: int) -> list[int]:
+    """The minority images a run feeds through E and G: all of them, or a seeded random ``cap`` of them.
+
+    Manifest order is not random (build_cohort writes sources and folds in order), so the first rows
+    would be a biased subset. The draw depends only on the seed: the same every epoch and on resume.
+
+    Args:
+        n: minority training images.
+        cap: train.minority_cap.
+        seed: the run's seed.
+
+    Returns:
+        Sorted dataset positions, ``min(n, cap)`` of them.
+    """
+    if n <= cap:
+        return list(range(n))
+    g = torch.Generator().manual_seed(item_seed(seed, 0, _MINORITY_CAP_STREAM))
+    return sorted(torch.randperm(n, generator=g)[:cap].tolist())

@@ -107,7 +107,8 @@ def radiograph_augment(cfg: DataConfig) -> list[Transform]:
     if cfg.gamma:
         out.append(RandAdjustContrast(prob=0.5, gamma=(1.0 - cfg.gamma, 1.0 + cfg.gamma)))
     if cfg.noise_std:
-        out.append(RandGaussianNoise(prob=0.5, std=cfg.noise_std))
+        # sample_std=False: the std is noise_std itself (MONAI otherwise draws it from U(0, noise_std)).
+        out.append(RandGaussianNoise(prob=0.5, std=cfg.noise_std, sample_std=False))
     return out
 
 

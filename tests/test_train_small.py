@@ -1,0 +1,85 @@
+"""Small training defects (issue 14, item 6): minority_cap's subset, instance noise on both sides, noise_std."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from egan_med.config import DataConfig
+from egan_med.data import datasets
+from egan_med.data.samplers import minority_subset
+from egan_med.data.transforms import build_augment
+from egan_med.models import egan
+from egan_med.train import main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
+NPZ = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
+
+
+def test_minority_subset_is_seeded_and_random():
+    a = minority_subset(100, 10, seed=3)
+    assert a == minority_subset(100, 10, seed=3) and a != minority_subset(100, 10, seed=4)
+    assert len(set(a)) == 10 and a == sorted(a) and a != list(range(10)) and max(a) > 20
+    assert minority_subset(7, 10, seed=3) == list(range(7))  # under the cap: all of them
+
+
+def test_noise_std_is_the_std():
+    cfg = DataConfig(image_size=64, channels=1, rotate_deg=0, scale=0, translate=0, contrast=0, gamma=0,
+                     noise_std=0.05)
+    aug = build_augment(cfg, train=True)
+    flat = torch.full((1, 64, 64), 0.5)
+    stds = [float((aug(flat, seed) - 0.5).std()) for seed in range(40)]
+    noisy = [s for s in stds if s > 0]
+    assert 8 <= len(noisy) <= 32  # applied to about half
+    for s in noisy:  # MONAI's default drew the std from U(0, 0.05)
+        assert abs(s - 0.05) < 0.004, stds
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("cohort") / "c"
+    cmd = [sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ), "--minority", "1",
+           "--train-minority", "10", "--train-majority", "16", "--val-minority", "6", "--val-majority", "6",
+           "--test-minority", "6", "--test-majority", "6", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return str(out / "cohort.csv")
+
+
+def test_training_draws_capped_minority_at_random_and_noises_both_sides(cohort, tmp_path, monkeypatch):
+    seen_rows: list[int] = []
+    get = datasets.CohortDataset.__getitem__
+
+    def spy_get(self, i):
+        if len(self) == 10:  # the minority training set (val and test hold 12)
+            seen_rows.append(int(i))
+        return get(self, i)
+
+    d_inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    forward = egan.ScorePair.forward
+
+    def spy_forward(self, real, negatives, real_from_trunk=False):
+        d_inputs.append((real.detach().clone(), negatives.detach().clone()))
+        return forward(self, real, negatives, real_from_trunk)
+
+    monkeypatch.setattr(datasets.CohortDataset, "__getitem__", spy_get)
+    monkeypatch.setattr(egan.ScorePair, "forward", spy_forward)
+    assert train_main(["configs/demo.yaml", f"data.cohort={cohort}", "train.epochs=1", "train.batch_size=8",
+                       "train.max_steps_per_epoch=1", "train.minority_cap=4", "train.instance_noise=0.05",
+                       "train.seed=5", "eval.bootstrap=20", "eval.baseline=false", "eval.knn=false",
+                       "data.augment=false", "--out", str(tmp_path / "run")]) == 0
+    real, _ = d_inputs[0]
+    # Without noise real pixels are cached uint8 levels; with it, they are not.
+    off_grid = (real.float() * 255 - torch.round(real.float() * 255)).abs()
+    assert float(off_grid.max()) > 0.1
+    assert sorted(set(seen_rows)) == minority_subset(10, 4, 5) != [0, 1, 2, 3]
+
+
+def test_instance_noise_refuses_the_feature_cache():
+    from egan_med.config import ConfigError, load_config
+
+    # The cache holds trunk activations of clean real images: there is nothing to add pixel noise to.
+    with pytest.raises(ConfigError, match="train.instance_noise"):
+        load_config("configs/demo.yaml", ["data.augment=false", "train.feature_cache=true", "train.instance_noise=0.1"])
