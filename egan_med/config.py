@@ -24,7 +24,7 @@ class DataConfig:
 
     cohort: str = "cohorts/pneumoniamnist_1to36/cohort.csv"  # manifest written by scripts/build_cohort.py
     root: str = ""  # folder the manifest's paths are relative to; "" = the root stored in cohort.json
-    fold: int = -1  # use only minority train images of this fold (-1 = all)
+    fold: int = -1  # use only minority train images of this fold (-1 = all; a cohort built with --folds needs one)
     image_size: int = 32  # pixels per side fed to the networks (multiple of 4)
     channels: int = 3  # what the backbone wants; grayscale is repeated
     kind: str = "radiograph"  # radiograph | natural: picks the augmentation chain

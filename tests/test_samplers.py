@@ -79,15 +79,20 @@ def test_torchrun_with_an_awkward_remainder_finishes(cohort70, tmp_path, world, 
            "-m", "egan_med.train", "configs/demo.yaml", f"data.cohort={cohort70}", "train.epochs=1",
            f"train.batch_size={batch}", "train.max_steps_per_epoch=0", "eval.bootstrap=20", "eval.baseline=false",
            "eval.knn=false", "data.augment=false", "--out", str(out)]
-    # Own session: on a hang, kill torchrun and every worker it started, not just torchrun.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"{world}-process run hung (killed after 400 s)")
-    assert proc.returncode == 0, log[-2000:]
+    log = tmp_path / "torchrun.log"  # a file, not a pipe: hung workers would hold a pipe open forever
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            # SIGTERM makes torchrun stop its workers (each runs in its own session, out of reach of killpg).
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            pytest.fail(f"{world}-process run hung (stopped after 300 s)")
+    assert proc.returncode == 0, log.read_text()[-2000:]
     history = pd.read_csv(out / "metrics.csv")
     assert list(history.epoch) == [0] and history.loss_d.notna().all()

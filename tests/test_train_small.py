@@ -83,3 +83,42 @@ def test_instance_noise_refuses_the_feature_cache():
     # The cache holds trunk activations of clean real images: there is nothing to add pixel noise to.
     with pytest.raises(ConfigError, match="train.instance_noise"):
         load_config("configs/demo.yaml", ["data.augment=false", "train.feature_cache=true", "train.instance_noise=0.1"])
+
+
+def test_knn_neighbours_are_the_cosine_nearest_and_k1_ranks_by_cosine():
+    import numpy as np
+
+    from egan_med.models.knn import KNNOneClass
+
+    rng = np.random.default_rng(0)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    major, query = unit(rng.normal(size=(60, 8))), unit(rng.normal(size=(25, 8)))
+    for k in (1, 5):
+        knn = KNNOneClass.__new__(KNNOneClass)  # no backbone: features are given
+        knn.k, knn.index = k, None
+        knn.features = lambda loader, x=major: (x, np.zeros(len(x)))
+        knn.fit(None)
+        knn.features = lambda loader: (query, np.zeros(len(query)))
+        _, score = knn.score(None)
+        cos_dist = 1 - query @ major.T
+        nearest = np.sort(cos_dist, axis=1)[:, :k]
+        np.testing.assert_allclose(score, np.sqrt(2 * nearest).mean(1), atol=1e-6)  # what the docstring says
+        if k == 1:
+            assert (np.argsort(score) == np.argsort(nearest[:, 0])).all()
+
+
+def test_folded_cohort_without_data_fold_is_refused(tmp_path):
+    from egan_med.config import ConfigError, load_config
+    from egan_med.splits import load_splits
+
+    out = tmp_path / "folded"
+    cmd = [sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ), "--minority", "1",
+           "--train-minority", "2", "--train-majority", "16", "--val-minority", "4", "--val-majority", "4",
+           "--test-minority", "4", "--test-majority", "4", "--folds", "3", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    cohort = f"data.cohort={out / 'cohort.csv'}"
+    with pytest.raises(ConfigError, match=r"3 minority folds; set data.fold to one of \[0, 1, 2\].*1:3,"):
+        load_splits(load_config("configs/demo.yaml", [cohort]))
+    assert len(load_splits(load_config("configs/demo.yaml", [cohort, "data.fold=1"])).train_minority) == 2
+    assert train_main(["configs/demo.yaml", cohort, "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
