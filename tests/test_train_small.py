@@ -122,3 +122,45 @@ def test_folded_cohort_without_data_fold_is_refused(tmp_path):
     assert len(load_splits(load_config("configs/demo.yaml", [cohort, "data.fold=1"])).train_minority) == 2
     assert train_main(["configs/demo.yaml", cohort, "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "r"
+    assert train_main(["configs/demo.yaml", f"data.cohort={cohort}", "train.epochs=3", "train.batch_size=8",
+                       "train.max_steps_per_epoch=1", "eval.bootstrap=20", "eval.baseline=false", "eval.knn=false",
+                       "data.augment=false", "--out", str(out)]) == 0
+    return out
+
+
+def test_report_has_the_papers_per_metric_maxima_beside_the_one_epoch_row(finished_run):
+    import json
+
+    import pandas as pd
+
+    history = pd.read_csv(finished_run / "metrics.csv")
+    rows = {r["model"]: r for r in json.loads((finished_run / "report.json").read_text())["rows"]}
+    one = rows["eGAN, optimistic (paper protocol)"]
+    assert "one model" in one["selection"]
+    maxima = rows["eGAN, optimistic per-metric maxima (paper's table)"]
+    for k in ("precision", "recall", "specificity", "f1", "auroc"):
+        assert maxima[k] == pytest.approx(history[f"test_{k}"].max()), k
+    assert maxima["tp"] is None  # no single confusion matrix
+    best = history.loc[history.test_f1.idxmax()]
+    assert one["recall"] == pytest.approx(best.test_recall) and one["precision"] == pytest.approx(best.test_precision)
+
+
+def test_evaluate_on_val_says_so_and_labels_its_counts_val(finished_run, capsys):
+    import json
+
+    from egan_med.evaluate import main as evaluate_main
+
+    assert evaluate_main([str(finished_run), "--split", "val"]) == 0
+    assert "VALIDATION split" in capsys.readouterr().err
+    (out,) = (finished_run / "evaluations").glob("val-*")
+    md = (out / "report.md").read_text()
+    assert "#val minor" in md and "#test minor" not in md and "operating point fitted on it" in md
+    data = json.loads((out / "report.json").read_text())
+    assert data["split"] == "val"
+    assert all("val_minority" in r and "test_minority" not in r for r in data["rows"])
+    assert data["rows"][0]["val_minority"] == 6  # the validation split's minority count
