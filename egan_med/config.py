@@ -24,7 +24,7 @@ class DataConfig:
 
     cohort: str = "cohorts/pneumoniamnist_1to36/cohort.csv"  # manifest written by scripts/build_cohort.py
     root: str = ""  # folder the manifest's paths are relative to; "" = the root stored in cohort.json
-    fold: int = -1  # use only minority train images of this fold (-1 = all)
+    fold: int = -1  # use only minority train images of this fold (-1 = all; a cohort built with --folds needs one)
     image_size: int = 32  # pixels per side fed to the networks (multiple of 4)
     channels: int = 3  # what the backbone wants; grayscale is repeated
     kind: str = "radiograph"  # radiograph | natural: picks the augmentation chain
@@ -35,7 +35,7 @@ class DataConfig:
     translate: float = 0.05  # radiograph chain: max shift, fraction of the side
     contrast: float = 0.1  # radiograph chain: max relative contrast change
     gamma: float = 0.1  # radiograph chain: max gamma deviation from 1
-    noise_std: float = 0.01  # radiograph chain: Gaussian noise std on [0, 1] images
+    noise_std: float = 0.01  # radiograph chain: Gaussian noise std on [0, 1] images (added to half of them)
     cache_dir: str = ""  # persistent uint8 cache of decoded, resized images ("" = off)
     num_workers: int = 0  # DataLoader worker processes
     on_bad_image: str = "fail"  # fail | skip
@@ -65,13 +65,13 @@ class TrainConfig:
 
     epochs: int = 10  # passes over the majority training set
     batch_size: int = 128  # majority images per step
-    minority_cap: int = 2500  # every step pushes up to this many minority images through E and G
+    minority_cap: int = 2500  # every step pushes up to this many minority images through E and G (a seeded random subset when there are more)
     max_steps_per_epoch: int = 0  # 0 = a full pass over the majority set
     lr_d: float = 1e-4  # Adam learning rate of D (or of the supervised classifier)
     lr_g: float = 1e-4  # Adam learning rate of E and G
     beta1: float = 0.9  # Adam beta1 for both optimisers
     label_smoothing: float = 0.0  # D's target for real majority is 1 - this
-    instance_noise: float = 0.0  # Gaussian noise std added to D's negatives
+    instance_noise: float = 0.0  # Gaussian noise std added to every image D trains on (real and negatives)
     r1_gamma: float = 0.0  # R1 gradient penalty on real majority images (single process, no feature cache)
     recon_weight: float = 0.0  # ties G(E(x)) to x; 0 = the paper
     semi_supervised: bool = False  # D also sees real minority images as negatives (not the paper)
@@ -212,6 +212,7 @@ def _check(cfg: Config) -> None:
          "must be auto, cpu, cuda or cuda:N")
     need(not (t.feature_cache and d.augment), "train.feature_cache", "needs data.augment=false (cached views are fixed)")
     need(not (t.r1_gamma > 0 and t.feature_cache), "train.r1_gamma", "needs train.feature_cache=false (the penalty differentiates through the trunk)")
+    need(not (t.instance_noise > 0 and t.feature_cache), "train.instance_noise", "needs train.feature_cache=false (noise goes on real images too)")
     need(e.nash_threshold >= 0, "eval.nash_threshold", "must be >= 0")
     need(0 < e.target < 1, "eval.target", "must be within (0, 1)")
     need(e.bootstrap >= 0, "eval.bootstrap", "must be >= 0")

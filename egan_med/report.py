@@ -62,8 +62,53 @@ def report_row(
         row[name] = float(metrics[name])
         lo, hi = ci[name] if ci is not None and name in ci else (math.nan, math.nan)
         row[f"{name}_lo"], row[f"{name}_hi"] = float(lo), float(hi)
-    row.update({k: int(metrics[k]) for k in ("tp", "fp", "tn", "fn")})
+    # None where no single confusion matrix exists (the per-metric maxima row).
+    row.update({k: None if _missing(metrics.get(k)) else int(metrics[k]) for k in ("tp", "fp", "tn", "fn")})
     return row
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def paper_protocol_rows(history: pd.DataFrame, label: str, counts: Mapping[str, int]) -> list[dict]:
+    """The paper's optimistic numbers, chosen on the TEST split, both ways (at its rule, logit < 0).
+
+    The paper's table reports each metric's maximum over epochs, possibly from different epochs;
+    one epoch's precision and recall are not comparable to that. So two rows:
+    "<label>, optimistic (paper protocol)" is one model (the best test-F1 epoch, every metric from it);
+    "<label>, optimistic per-metric maxima (paper's table)" is the paper's way, no single model.
+
+    Args:
+        history: metrics.csv, one row per epoch with ``test_<metric>`` and count columns.
+        label: the model's row label, e.g. "eGAN".
+        counts: the report's count columns.
+
+    Returns:
+        The two report rows.
+    """
+    from egan_med.metrics import METRIC_NAMES
+    from egan_med.selection import select_epoch_paper_protocol
+
+    paper = select_epoch_paper_protocol(history, "test_f1")
+    at = history[history.epoch == paper.epoch].iloc[0]
+    m = {k: at.get(f"test_{k}", math.nan) for k in METRIC_NAMES}
+    m.update(tp=at.test_correct_minority, tn=at.test_correct_majority,
+             fn=at.test_n_minority - at.test_correct_minority, fp=at.test_n_majority - at.test_correct_majority)
+    why = f"{paper.reason}; one model: every metric from that epoch (the paper's table takes per-metric maxima)"
+    rows = [report_row(f"{label}, optimistic (paper protocol)", counts, "logit < 0 (paper)", 0.0, m, None, why)]
+    maxima, best = {}, []
+    for k in METRIC_NAMES:
+        col = history.get(f"test_{k}")
+        ok = col is not None and col.notna().any()
+        maxima[k] = float(col.max()) if ok else math.nan
+        if ok:
+            best.append(f"{k} {int(history.epoch[col.idxmax()])}")
+    why = (f"optimistic, the paper's way: each metric's maximum over {len(history)} epochs on the test split, "
+           f"each from its own epoch ({', '.join(best)}); no single model reaches this row")
+    rows.append(report_row(f"{label}, optimistic per-metric maxima (paper's table)", counts, "logit < 0 (paper)",
+                           0.0, maxima, None, why))
+    return rows
 
 
 def trivial_rows(y_test, counts: Mapping[str, int], spec_target: float = 0.9) -> list[dict]:
@@ -91,16 +136,21 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str]) -> str:
+def _count_keys(split: str) -> tuple[str, ...]:
+    """The count columns of a report on ``split`` (test_minority ... for test, val_minority ... for val)."""
+    return tuple(k.replace("test_", f"{split}_") for k in _COUNT_KEYS)
+
+
+def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test") -> str:
     targets = {round(100 * float(r.get("spec_target", 0.9))) for r in rows}
     spec = f"{targets.pop()}" if len(targets) == 1 else "?"
-    headers = ["Model", "#train minor", "#train major", "#test minor", "#test major", "ratio",
+    headers = ["Model", "#train minor", "#train major", f"#{split} minor", f"#{split} major", "ratio",
                "operating point"] + [h.format(spec=spec) for _, h in _MD_METRICS]
     lines = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
         op = r["operating_point"] if r["operating_point"] == "constant" \
             else f"{r['operating_point']} (t={r['threshold']:.3g})"
-        cells = [r["model"], *(r[k] for k in _COUNT_KEYS), r["ratio"], op]
+        cells = [r["model"], *(r[k] for k in _count_keys(split)), r["ratio"], op]
         cells += [_fmt(r[k], r.get(f"{k}_lo", math.nan), r.get(f"{k}_hi", math.nan)) for k, _ in _MD_METRICS]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines += ["", "Predicted minority when the minority score s = -logit exceeds t. In brackets: "
@@ -139,7 +189,7 @@ def _write_atomic(path: str, text: str) -> None:
         raise
 
 
-def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str]) -> None:
+def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test") -> None:
     """Write report.md, report.csv and report.json into ``run_dir``, each atomically.
 
     Args:
@@ -147,11 +197,13 @@ def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Seque
         rows: report_row() / trivial_rows() dicts.
         title: heading of report.md and "title" of report.json.
         notes: caveats shown under the table and stored in report.json.
+        split: the split the rows were measured on; its name labels the count columns.
     """
     os.makedirs(run_dir, exist_ok=True)
-    rows = [dict(r) for r in rows]
-    _write_atomic(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes))
+    names = dict(zip(_COUNT_KEYS, _count_keys(split)))
+    rows = [{names.get(k, k): v for k, v in r.items()} for r in rows]
+    _write_atomic(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes, split))
     _write_atomic(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
-    payload = {"title": title, "rows": rows, "notes": list(notes)}
+    payload = {"title": title, "split": split, "rows": rows, "notes": list(notes)}
     _write_atomic(os.path.join(run_dir, "report.json"),
                   json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

@@ -39,16 +39,21 @@ def load_splits(cfg: Config) -> CohortSplits:
     """Read ``cfg.data.cohort`` and select the configured fold.
 
     Raises:
-        ConfigError: a split is empty or the fold does not exist.
+        ConfigError: a split is empty, the fold does not exist, or the cohort has folds and none is chosen.
     """
     df, meta = load_manifest(cfg.data.cohort, cfg.data.root)
     train = df[df.split == "train"]
     minority = train[train.minority == 1]
+    folds = sorted(int(f) for f in minority.fold.unique() if int(f) >= 0)
     if cfg.data.fold >= 0:
-        folds = sorted(int(f) for f in minority.fold.unique() if int(f) >= 0)
         if cfg.data.fold not in folds:
             raise ConfigError(f"data.fold={cfg.data.fold}: the cohort has folds {folds or 'none'}")
         minority = minority[minority.fold == cfg.data.fold]
+    elif len(folds) > 1:
+        # Every fold's minority at once would train at another ratio than the one the cohort is named for.
+        ratio = round(int((train.minority == 0).sum()) / max(len(minority), 1))
+        raise ConfigError(f"data.fold: cohort {cfg.data.cohort} has {len(folds)} minority folds; set data.fold to one "
+                          f"of {folds} (all folds together would train at 1:{ratio}, not the cohort's ratio)")
     parts = {"train_majority": train[train.minority == 0], "train_minority": minority,
              "val": df[df.split == "val"], "test": df[df.split == "test"]}
     for name, part in parts.items():

@@ -92,7 +92,7 @@ def train(cfg: Config, run_dir: str, resume: bool | None = None, force: bool = F
 def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bool) -> str:
     from torch.utils.tensorboard import SummaryWriter
     from egan_med import data as dl
-    from egan_med.data.samplers import BatchShardSampler
+    from egan_med.data.samplers import BatchShardSampler, minority_subset
 
     t, dev = cfg.train, rt.device
     if rt.distributed and t.r1_gamma > 0:
@@ -156,7 +156,8 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
         writer.add_image("data/augmented_real", grid, 0)
         _print_summary(cfg, splits, nets)
 
-    n_min = min(len(ds_minor), t.minority_cap)
+    min_rows = minority_subset(len(ds_minor), t.minority_cap, t.seed)  # seeded, not the first rows
+    n_min = len(min_rows)
     if egan and n_min < 2 and any(m.training for m in nets["E"].modules() if isinstance(m, torch.nn.BatchNorm2d)):
         raise ConfigError(f"BatchNorm in training mode (model.train_bn, or model.weights=none) needs at least 2 minority "
                           f"training images per step; this cohort/fold has {n_min}")
@@ -172,7 +173,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
             ds.set_epoch(epoch)
         if loader.generator is not None:
             loader.generator.manual_seed(t.seed * 100003 + epoch)
-        x_min = torch.stack([ds_minor[i]["image"] for i in range(n_min)]).to(dev).contiguous(memory_format=fmt)
+        x_min = torch.stack([ds_minor[i]["image"] for i in min_rows]).to(dev).contiguous(memory_format=fmt)
         if egan:
             # E's trunk is frozen and in eval mode: its output on this epoch's minority images is the same every step.
             with torch.no_grad(), autocast(dev, t.amp):
@@ -196,7 +197,8 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                     with torch.no_grad():
                         fake = EG(min_trunk, True)
                     neg = torch.cat([fake, x_min]) if t.semi_supervised else fake
-                    if t.instance_noise > 0:
+                    if t.instance_noise > 0:  # both sides, or D can learn "noisy means fake"
+                        real = (real + t.instance_noise * torch.randn_like(real)).clamp(0, 1)
                         neg = (neg + t.instance_noise * torch.randn_like(neg)).clamp(0, 1)
                     logits = pair_step(real, neg, major_cache is not None).float()
                     target = torch.cat([torch.full((n_real,), 1.0 - t.label_smoothing, device=dev), torch.zeros(len(neg), device=dev)])

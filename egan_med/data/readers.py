@@ -6,7 +6,9 @@ PydicomReader transpose by default, so they are configured (or subclassed) here 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import struct
 import threading
 import warnings
 from typing import Any
@@ -32,8 +34,8 @@ class BadImageError(ValueError):
 
 
 def _pil_to_supported_mode(img: Image.Image) -> Image.Image:
-    """Reduce PIL's many modes to L, RGB or 16/32-bit integer grayscale."""
-    if img.mode in ("L", "RGB") or img.mode.startswith("I"):
+    """Reduce PIL's many modes to L, RGB, 16/32-bit integer or 32-bit float grayscale."""
+    if img.mode in ("L", "RGB", "F") or img.mode.startswith("I"):  # F: float TIFFs, decoded by _pil_to_unit
         return img
     if img.mode in ("1", "LA", "La"):
         return img.convert("L")
@@ -174,15 +176,75 @@ def _npz_entry(address: str) -> np.ndarray:
     return img.astype(np.float32) / 255.0
 
 
-def _pil_to_unit(img: Any) -> np.ndarray:
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BIT_DEPTHS = (8, 10, 12, 14, 16)  # detector depths a >8-bit container commonly holds
+
+
+def _png_significant_bits(path: str) -> int | None:
+    """The PNG ``sBIT`` chunk's significant bits (Pillow does not expose it), or None.
+
+    Args:
+        path: any file; only PNGs with an sBIT chunk before the image data give a number.
+
+    Returns:
+        1..16, or None: not a PNG, no sBIT chunk, or a malformed one.
+    """
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _PNG_SIGNATURE:
+                return None
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"sBIT":
+                    data = fh.read(length)
+                    # Gray: 1 byte, gray+alpha: 2 (alpha last), RGB: 3, RGBA: 4; alpha does not count.
+                    bits = data[0] if len(data) <= 2 else max(data[:3])
+                    return bits if len(data) == length and 1 <= bits <= 16 else None
+                if kind in (b"IDAT", b"IEND"):  # sBIT must come before the image data
+                    return None
+                fh.seek(length + 4, os.SEEK_CUR)  # data and CRC
+    except (OSError, IndexError, struct.error):
+        return None
+
+
+def _unsigned_full_scale(arr: np.ndarray, path: str) -> float:
+    """The value that means white in an unsigned >8-bit image (the rule is in ``load_image``'s docstring)."""
+    peak = float(arr.max(initial=0))
+    sbit = _png_significant_bits(path)
+    if sbit is not None and peak <= 2**sbit - 1:  # raw values at their real depth
+        return float(2**sbit - 1)
+    if sbit is not None and peak <= 65535:  # sBIT as the PNG spec means it: samples already scaled to 16 bits
+        return 65535.0
+    bits = next((b for b in _BIT_DEPTHS if peak <= 2**b - 1), max(16, math.ceil(math.log2(peak + 1))))
+    return float(2**bits - 1)
+
+
+def _window(arr: np.ndarray) -> np.ndarray:
+    """Min-max window to [0, 1] (a constant image becomes 0)."""
+    lo, hi = float(arr.min()), float(arr.max())
+    return ((arr - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+
+
+def _pil_to_unit(img: Any, path: str) -> np.ndarray:
+    """Pixels from Pillow (via MONAI) -> float32 in [0, 1]; see ``load_image`` for the rules."""
     arr = np.asarray(img)
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):  # 16-bit PNGs arrive as I;16 or I (int32)
-        return np.clip(arr.astype(np.float32) / 65535.0, 0.0, 1.0)
-    return np.clip(arr.astype(np.float32), 0.0, 1.0)
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("pixel values include NaN or infinity")
+    is_float = not np.issubdtype(np.asarray(img).dtype, np.integer)
+    if is_float and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 1:
+        return arr.astype(np.float32)  # already in [0, 1]
+    if arr.min(initial=0) < 0 or (is_float and not np.array_equal(arr, np.rint(arr))):
+        return _window(arr)  # signed or real-valued data: no bit depth to go by
+    # Unsigned integers (16-bit PNG/TIFF arrive as I;16 or I, int32), or floats holding whole numbers.
+    return np.clip(arr / _unsigned_full_scale(arr, path), 0.0, 1.0).astype(np.float32)
 
 
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
@@ -207,6 +269,16 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
 def load_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
     """Read one image as float32 (channels, rows, columns) in [0, 1], first row at the top.
 
+    Grey levels: 8-bit images are divided by 255 and DICOM goes through its own display pipeline. Deeper
+    integer images (16-bit PNG/TIFF) are divided by their real full scale: ``2**sBIT - 1`` when a PNG has
+    an ``sBIT`` chunk and no value above it (a 12-bit image stored raw in 16 bits), 65535 when the values
+    exceed it (the PNG spec's already-scaled samples); without sBIT, ``2**b - 1`` for the smallest
+    ``b`` in 8, 10, 12, 14, 16 that holds the image's maximum (so 0..4095 is read as 12-bit). That
+    guess is per image: a 12-bit image darker than 1024 reads as 10-bit; write sBIT to pin the depth.
+    Float images (32-bit TIFF) in [0, 1] are kept; whole-number floats follow the integer rule;
+    other floats, and signed integers with negative values, are min-max windowed to [0, 1];
+    NaN or infinity is an error.
+
     Args:
         path: PNG/JPEG/other Pillow format, DICOM, or ``<file>.npz#<split>/<index>`` (MedMNIST layout).
         channels: 1 or 3 to convert to; None keeps the file's own (1 for grayscale, 3 for colour).
@@ -229,7 +301,7 @@ def load_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarr
             if _is_dicom(path):
                 img = _loader("dicom")(path, reader=_dicom_reader).numpy()
             else:
-                img = _pil_to_unit(_loader("pil")(path, reader=_pil_reader))
+                img = _pil_to_unit(_loader("pil")(path, reader=_pil_reader), path)
         except Exception as exc:  # Pillow, pydicom and MONAI each raise their own types
             raise BadImageError(path, f"cannot decode ({type(exc).__name__}: {exc})") from None
     if img.shape[0] not in (1, 3) or img.ndim != 3 or min(img.shape[1:]) < 1:

@@ -28,7 +28,8 @@ from monai.transforms import (
 from egan_med.config import DataConfig
 from egan_med.data.readers import load_image, to_channels
 
-PREPROCESS_VERSION = 1  # bump when preprocess() changes, so persistent caches are rebuilt
+# Bump when preprocess() changes, so persistent caches are rebuilt. 2: >8-bit and float images scaled by real depth.
+PREPROCESS_VERSION = 2
 
 
 def stored_channels(cfg: DataConfig) -> int:
@@ -106,7 +107,8 @@ def radiograph_augment(cfg: DataConfig) -> list[Transform]:
     if cfg.gamma:
         out.append(RandAdjustContrast(prob=0.5, gamma=(1.0 - cfg.gamma, 1.0 + cfg.gamma)))
     if cfg.noise_std:
-        out.append(RandGaussianNoise(prob=0.5, std=cfg.noise_std))
+        # sample_std=False: the std is noise_std itself (MONAI otherwise draws it from U(0, noise_std)).
+        out.append(RandGaussianNoise(prob=0.5, std=cfg.noise_std, sample_std=False))
     return out
 
 

@@ -14,7 +14,12 @@ from egan_med.models.backbones import Backbone
 
 
 class KNNOneClass:
-    """Minority score = mean cosine distance to the k nearest majority training images.
+    """Minority score = mean Euclidean distance between L2-normalised features and their k nearest majority ones.
+
+    On unit vectors ``||a - b|| = sqrt(2 - 2 cos(a, b))``, a monotone function of the cosine distance
+    ``1 - cos``: the k neighbours are exactly the k most cosine-similar majority images, and with k = 1 the
+    score ranks images as the cosine distance does. (With k > 1 it averages ``sqrt(2 * cosine distance)``,
+    not the cosine distance itself.)
 
     Args:
         backbone: backbone name.
