@@ -11,7 +11,9 @@ from egan_med.data.cache import build_store, cache_files
 from egan_med.data.cache_admin import main as admin_main
 from egan_med.data.cache_admin import scan
 
-CXR = sorted((Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr_covid_ccby" / "train").glob("*/*/*.jpg"))
+from conftest import data_file, data_glob
+
+CXR = data_glob(data_file("cxr_covid_ccby", "train"), "*/*/*.jpg", 4)
 DEAD_PID = 4_194_304 + 17  # above Linux's pid_max: never a running process
 
 
