@@ -83,3 +83,23 @@ def test_build_cohort_script_is_a_thin_wrapper_of_the_package_command(tmp_path, 
     npz = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
     assert cohort_cli.main(["--medmnist", str(npz), "--minority", "1", "--ratio", "36", "--out", str(tmp_path / "c")]) == 0
     assert "wrote " in capsys.readouterr().out and (tmp_path / "c" / "cohort.csv").is_file()
+
+
+def test_missing_fixtures_fail_loudly_not_silently_empty(tmp_path):
+    from conftest import data_file, data_glob
+
+    with pytest.raises(FileNotFoundError, match="test fixture missing"):
+        data_file("no_such_folder", "train.csv")
+    with pytest.raises(FileNotFoundError, match="matched 0 files, need 1"):
+        data_glob(tmp_path, "*/*/*.jpg", 1)
+    assert len(data_glob(data_file("cxr_covid_ccby", "train"), "*/*/*.jpg", 24)) == 24
+
+
+def test_fixtures_are_small_and_each_folder_says_where_it_comes_from():
+    files = tracked("tests/data")
+    assert sum((REPO / f).stat().st_size for f in files) < 10 * 2**20
+    folders = {f.split("/")[2] for f in files if f.count("/") >= 3}
+    assert folders == {"cifar10_airplane_automobile", "cxr_covid_ccby", "cxr_samples", "nih_cxr14_labels"}
+    for folder in folders:
+        text = (REPO / "tests" / "data" / folder / "SOURCE.md").read_text()
+        assert "## Origin" in text and "## License" in text, folder
