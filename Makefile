@@ -1,11 +1,12 @@
 # `make demo`: set up .venv (once) and train on the bundled PneumoniaMNIST cohort.
-# `make test`: set up .venv (once) and run the test suite (what CI runs).
+# `make test`: set up .venv (once) and run the whole test suite (what CI runs, in a fresh clone: .ci/run).
+# `make test-fast`: the tests not marked slow (no multi-process, kill-and-resume, export or benchmark runs).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-egan_med
 
-.PHONY: setup demo test bench tensorboard clean
+.PHONY: setup demo test test-fast bench tensorboard clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +30,9 @@ $(CHEXPERT_CSV):
 
 test: setup $(CHEXPERT_CSV)
 	EGAN_CHEXPERT_CSV=$$(test -f $(CHEXPERT_CSV) && echo $(CHEXPERT_CSV)) $(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python scripts/bench.py

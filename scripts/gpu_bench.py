@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from egan_med.config import ModelConfig  # noqa: E402
 from egan_med.feature_cache import trunk_cache  # noqa: E402
 from egan_med.models import Discriminator, Encoder, EncoderGenerator, Generator, ScorePair  # noqa: E402

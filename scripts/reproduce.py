@@ -4,10 +4,14 @@
     python scripts/reproduce.py GRID [--out runs/repro] [--quick]
 
 GRID is ``configs/grids/GRID.yaml`` (or a path to such a file): the cohorts it needs (build_cohort.py
-arguments), grid-wide overrides, and a list of experiments (config, overrides, folds, seeds, the
-paper's numbers). Cohorts are built once; a run whose directory holds report.json is skipped, an
+arguments, where ``{name}`` stands for a data root of the grid's ``data_roots``), grid-wide overrides, and a
+list of experiments (config, overrides, folds, seeds, the paper's numbers). Cohorts are built once; a run whose directory holds report.json is skipped, an
 interrupted one continues where it stopped (egan_med.train resumes a run dir of the same config).
 The table goes to OUT/RESULTS_TABLE.md and .csv. Errors print one line and exit with status 2.
+
+Data roots: a grid's ``data_roots`` maps a name to ``{default: PATH, get: HOW}`` (PATH relative to the repository);
+``--data-root NAME=PATH`` points it elsewhere. A root that is missing when its cohort must be built stops the run
+with one line naming it and HOW to get it (README, "Getting the public datasets").
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import contextlib
 import json
 import os
 import subprocess
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +29,6 @@ from typing import Any
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 # --quick: one fold and seed per experiment, one short epoch; enough to see the whole pipeline work.
 QUICK = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=16", "eval.bootstrap=20"]
@@ -95,14 +99,61 @@ def expand(grid: dict[str, Any], out: str, quick: bool) -> list[Run]:
     return [r for _, r in sorted(zip(rank, runs), key=lambda t: t[0])]
 
 
-def build_cohorts(grid: dict[str, Any], names: set[str], out: str) -> None:
+def parse_roots(pairs: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` arguments of --data-root as a mapping.
+
+    Args:
+        pairs: the raw arguments.
+
+    Returns:
+        NAME -> PATH.
+    """
+    roots = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise GridError(f"--data-root expects NAME=PATH, got '{pair}'")
+        roots[name] = path
+    return roots
+
+
+def cohort_args(grid: dict[str, Any], key: str, roots: dict[str, str]) -> list[str]:
+    """The build_cohort arguments of cohort ``key`` with its ``{root}`` placeholders filled and checked.
+
+    Args:
+        grid: the loaded grid.
+        key: a cohort name of the grid.
+        roots: --data-root overrides (NAME -> PATH).
+
+    Returns:
+        The argument list, every data root in it known to exist.
+
+    Raises:
+        GridError: a placeholder names no data root, or the root is missing (the message says how to get it).
+    """
+    declared = grid.get("data_roots") or {}
+    line = str(grid["cohorts"][key])
+    for name in re.findall(r"\{(\w+)\}", line):
+        if name not in declared and name not in roots:
+            raise GridError(f"cohort '{key}' names data root '{name}', which {grid['_path']} does not declare")
+        spec = declared.get(name) or {}
+        path = roots.get(name, spec.get("default", ""))
+        full = path if os.path.isabs(path) else os.path.join(REPO, path)
+        if not path or not os.path.exists(full):
+            how = spec.get("get", "see README, 'Getting the public datasets'")
+            raise GridError(f"data root '{name}' not found at {full}: {how}; or pass --data-root {name}=PATH")
+        line = line.replace(f"{{{name}}}", path)
+    return line.split()
+
+
+def build_cohorts(grid: dict[str, Any], names: set[str], out: str, roots: dict[str, str] | None = None) -> None:
     """Build each needed cohort once; an existing cohort.csv is kept (idempotent)."""
     for key in sorted(names):
         dest = os.path.join(out, "cohorts", key)
         if os.path.isfile(os.path.join(dest, "cohort.csv")):
             continue
-        args = str(grid["cohorts"][key]).split()
-        cmd = [sys.executable, os.path.join(REPO, "scripts", "build_cohort.py"), *args, "--out", dest]
+        args = cohort_args(grid, key, roots or {})
+        cmd = [sys.executable, "-m", "egan_med.cohort_cli", *args, "--out", dest]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
@@ -231,12 +282,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch CPU threads (default 1: on a busy shared machine 2 threads spin-wait ~10x slower)")
     p.add_argument("--keep-going", action="store_true", help="after a failed run, go on with the next (exit 2 at the end)")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild RESULTS_TABLE from finished runs")
+    p.add_argument("--data-root", action="append", default=[], metavar="NAME=PATH",
+                   help="where a data root of the grid's data_roots lives (repeatable; default: the grid's)")
     args = p.parse_args(argv)
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
     try:
+        roots = parse_roots(args.data_root)
         grid = load_grid(args.grid)
         name = os.path.splitext(os.path.basename(grid["_path"]))[0]
         out = os.path.abspath(args.out or os.path.join(REPO, "runs", "repro", name))
@@ -244,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             out = os.path.join(out, "quick")
         runs, failed = expand(grid, out, args.quick), []
         if not args.aggregate_only:
-            build_cohorts(grid, {r.exp["cohort"] for r in runs}, out)
+            build_cohorts(grid, {r.exp["cohort"] for r in runs}, out, roots)
             t_all = time.time()
             for i, run in enumerate(runs, 1):
                 tag = f"[{i}/{len(runs)}] {run.exp['name']} {run.name}"

@@ -17,10 +17,12 @@ import sys
 import pandas as pd
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+try:
+    from scripts import reproduce
+except ImportError:  # run as a file (python scripts/results_page.py): scripts/ itself is on sys.path
+    import reproduce
 
-import reproduce  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SETTINGS = ["CIFAR-10 1:2500", "CIFAR-10 1:500", "CIFAR-10 1:50", "CIFAR-10 1:1", "PneumoniaMNIST 1:36"]
 KEEP = re.compile(r"<!-- conclusions -->.*?<!-- /conclusions -->", re.S)

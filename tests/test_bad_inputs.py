@@ -12,7 +12,6 @@ Kinds covered (CLI, config, cohort, images, checkpoints):
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -20,13 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from egan_med import cohort_cli as build_cohort
 from egan_med.evaluate import main as evaluate_main
 from egan_med.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("build_cohort", REPO / "scripts" / "build_cohort.py")
-build_cohort = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(build_cohort)
 
 
 def _one_line_error(capsys, *needles: str) -> None:
@@ -39,9 +36,9 @@ def _one_line_error(capsys, *needles: str) -> None:
 
 
 @pytest.fixture()
-def generic_cohort(tmp_path, shared_data) -> Path:
+def generic_cohort(tmp_path, data_root) -> Path:
     """A cohort over real radiographs: 4 majority + 2 minority per split (one patient each)."""
-    src = sorted((shared_data / "cxr_covid_ccby" / "train").rglob("*.jpg"))[:18]
+    src = sorted((data_root / "cxr_covid_ccby" / "train").rglob("*.jpg"))[:18]
     img_dir = tmp_path / "imgs"
     img_dir.mkdir()
     rows = ["path,label,patient"]
@@ -161,9 +158,9 @@ COHORT_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(COHORT_CASES))
-def test_cohort_cli_rejects(name, tmp_path, capsys, shared_data):
+def test_cohort_cli_rejects(name, tmp_path, capsys, data_root):
     argv, needle = COHORT_CASES[name]
-    chexpert = shared_data / "cxr_covid_ccby" / "train.csv"
+    chexpert = data_root / "cxr_covid_ccby" / "train.csv"
     argv = [a.replace("{chexpert}", str(chexpert)) for a in argv]
     out = tmp_path / "cohort"
     assert build_cohort.main([*argv, "--out", str(out)]) == 2

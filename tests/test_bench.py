@@ -1,33 +1,26 @@
-"""The benchmarks keep working: scripts/bench.py --quick's table and scripts/gpu_bench.py on CPU at a toy size."""
+"""The benchmarks keep working: scripts/bench.py --quick's table and scripts/gpu_bench.py on CPU at a toy size,
+on the committed fixtures; a missing data folder is one line and status 2."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
+import pytest
 import torch
+from conftest import data_file
 
-REPO = Path(__file__).resolve().parents[1]
+from scripts import bench, bench_data, gpu_bench
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+CIFAR = data_file("cifar10_airplane_automobile")
+RADIOGRAPHS = data_file("cxr_covid_ccby", "train")
 
 
-def test_bench_quick_table_has_every_row(shared_data):
-    bench = _load("bench")
+@pytest.mark.slow
+def test_bench_quick_table_has_every_row():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a smoke run: one thread cannot stall on cores shared with other jobs
     try:
-        line, rows = bench.collect(quick=True, device="cpu")
+        line, rows = bench.collect(quick=True, device="cpu", cifar=CIFAR, radiographs=RADIOGRAPHS)
     finally:
         torch.set_num_threads(threads)
     assert "torch" in line and "cpu" in line
@@ -42,12 +35,27 @@ def test_bench_quick_table_has_every_row(shared_data):
     assert table.count("\n| ") == len(rows) + 1  # header + one line per row
 
 
-def test_gpu_bench_runs_on_cpu(tmp_path):
+@pytest.mark.parametrize("flag", ["--cifar", "--radiographs"])
+def test_bench_missing_data_folder_is_one_line(flag, tmp_path, capsys):
+    args = {"--cifar": str(CIFAR), "--radiographs": str(RADIOGRAPHS), flag: str(tmp_path / "absent")}
+    assert bench.main(["--quick", "--device", "cpu", *[x for kv in args.items() for x in kv]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: data folder not found: ") and "absent" in err[0], err
+    assert flag in err[0] and "Getting the public datasets" in err[0]
+    assert bench_data.main(["--data", str(tmp_path / "absent"), "--quick"]) == 2
+    assert capsys.readouterr().err.startswith("error: no .jpg under ")
+
+
+@pytest.mark.slow
+def test_gpu_bench_runs_on_cpu(tmp_path, capsys):
     out = tmp_path / "gpu.json"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_bench.py"), "--device", "cpu", "--size", "32",
-                    "--batch", "8", "--minority", "2", "--pool", "8", "--score-batch", "8", "--steps", "2",
-                    "--warmup", "1", "--out", str(out)], check=True, capture_output=True, cwd=REPO, timeout=300,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert gpu_bench.main(["--device", "cpu", "--size", "32", "--batch", "8", "--minority", "2", "--pool", "8",
+                               "--score-batch", "8", "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     result = json.loads(out.read_text())
     values = [result["ceiling_densenet121_fwd_bwd_images_per_s"], *result["scoring"].values()]
     for variant in ("naive", "feature_cache", "feature_cache+minority_trunk"):

@@ -16,7 +16,9 @@ from egan_med.data.cache import build_store, cache_files
 from egan_med.data.cache_admin import main as admin_main
 from egan_med.data.cache_admin import scan
 
-CXR = sorted((Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr_covid_ccby" / "train").glob("*/*/*.jpg"))
+from conftest import data_file, data_glob
+
+CXR = data_glob(data_file("cxr_covid_ccby", "train"), "*/*/*.jpg", 4)
 STEM = "images_0123456789ab_0123456789abcdef"  # the cache's exact naming pattern
 
 

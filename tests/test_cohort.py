@@ -15,10 +15,11 @@ import pytest
 from egan_med.cohort import CohortError, CohortOptions, build, check_no_leak, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-COVID = DATA / "cxr_covid_ccby" / "train.csv"
-NIH = DATA / "nih_cxr14_labels" / "Data_Entry_2017_v2020.csv.gz"
-CIFAR = DATA / "cifar10_airplane_automobile"
+from conftest import DATA, data_file
+
+COVID = data_file("cxr_covid_ccby", "train.csv")
+NIH = data_file("nih_cxr14_labels", "Data_Entry_2017_v2020.csv.gz")
+CIFAR = data_file("cifar10_airplane_automobile")
 CHEXPERT_HEADER = pd.read_csv(COVID, nrows=0).columns.tolist()
 
 
@@ -35,11 +36,11 @@ def _counts(df: pd.DataFrame) -> dict:
 def test_chexpert_header_real_images(tmp_path: Path) -> None:
     meta = build(CohortOptions(input=str(COVID), label="No Finding"), str(tmp_path / "c"))
     df, loaded = load_manifest(str(tmp_path / "c" / "cohort.csv"))
-    # 101 images in 97 studies; "No Finding" is 1.0 on 8 images (8 single-image studies), blank elsewhere.
-    assert meta["counts"]["pool"] == {"minority": 8, "majority": 89}
-    assert len(df) == 97 and df.study.ne("").all() and df.patient.str.match(r"patient\d{5}$").all()
+    # 24 images in 23 studies; "No Finding" is 1.0 on 5 images (5 single-image studies), blank elsewhere.
+    assert meta["counts"]["pool"] == {"minority": 5, "majority": 18}
+    assert len(df) == 23 and df.study.ne("").all() and df.patient.str.match(r"patient\d{5}$").all()
     assert df.groupby(["patient", "study"]).size().max() == 1  # one image per study
-    assert {s["stage"]: s["images"] for s in meta["stages"]}["other images of kept studies"] == 4
+    assert {s["stage"]: s["images"] for s in meta["stages"]}["other images of kept studies"] == 1  # patient00036
     _assert_patient_disjoint(df)
     assert loaded["root"] == str(DATA) and meta["root"] == os.path.relpath(DATA, tmp_path / "c")
     assert all((DATA / p).is_file() for p in df.path)  # paths resolve against the stored root
@@ -47,16 +48,18 @@ def test_chexpert_header_real_images(tmp_path: Path) -> None:
 
 
 def test_chexpert_sizes_where_pneumonia_is_majority_class(tmp_path: Path) -> None:
-    opts = CohortOptions(input=str(COVID), train_minority=40, train_majority=3, val_minority=5, val_majority=2,
-                         test_minority=10, test_majority=2, seed=3)
+    opts = CohortOptions(input=str(COVID), train_minority=10, train_majority=2, val_minority=2, val_majority=1,
+                         test_minority=3, test_majority=2, seed=3)
     meta = build(opts, str(tmp_path / "c"))
     df, _ = load_manifest(str(tmp_path / "c" / "cohort.csv"))
-    assert _counts(df) == {"train": (40, 3), "val": (5, 2), "test": (10, 2)}
-    assert meta["counts"]["pool"] == {"minority": 88, "majority": 9}
+    assert _counts(df) == {"train": (10, 2), "val": (2, 1), "test": (3, 2)}
+    # 18 pneumonia images in 17 studies; majority: 5 "No Finding" studies and the unlabelled ARDS one
+    assert meta["counts"]["pool"] == {"minority": 17, "majority": 6}
     _assert_patient_disjoint(df)
     excluded = pd.read_csv(tmp_path / "c" / "excluded.csv")
     assert set(excluded.reason) == {"same_study", "not_sampled"} and len(excluded) == meta["excluded"]["total"]
-    assert len(excluded) + len(df) == 101  # every image is either in the cohort or explained
+    assert (excluded.reason == "same_study").sum() == 1
+    assert len(excluded) + len(df) == 24  # every image is either in the cohort or explained
 
 
 def _synthetic_chexpert(path: Path, quote: bool = False) -> None:
@@ -133,15 +136,16 @@ def test_nih_ratio_patient_disjoint(tmp_path: Path) -> None:
 
 
 def test_folder_official_test_split_and_folds(tmp_path: Path) -> None:
+    # the fixture: 40 airplane + 140 automobile train JPEGs, 48 + 48 official test JPEGs
     opts = CohortOptions(source="folder", input=str(CIFAR), minority="airplane", majority="automobile", folds=5,
-                         train_minority=10, ratio=100, test_minority=1000, test_majority=1000)
+                         train_minority=2, ratio=10, test_minority=30, test_majority=30)
     meta = build(opts, str(tmp_path / "f"))
     df, _ = load_manifest(str(tmp_path / "f" / "cohort.csv"))
     minority_train = df[(df.split == "train") & (df.minority == 1)]
-    assert len(minority_train) == 50 and minority_train.path.is_unique
-    assert minority_train.fold.value_counts().sort_index().tolist() == [10] * 5 == meta["counts"]["folds"]
+    assert len(minority_train) == 10 and minority_train.path.is_unique
+    assert minority_train.fold.value_counts().sort_index().tolist() == [2] * 5 == meta["counts"]["folds"]
     assert (df[(df.split != "train") | (df.minority == 0)].fold == -1).all()
-    assert _counts(df)["train"] == (50, 1000)
+    assert _counts(df)["train"] == (10, 20) and _counts(df)["test"] == (30, 30)  # ratio x one fold's minority
     assert df[df.split == "test"].path.str.startswith("test/").all()  # official test split kept
     assert df[df.split != "test"].path.str.startswith("train/").all()
     assert (df.minority == df.path.str.contains("/airplane/").astype(int)).all()
@@ -199,7 +203,7 @@ def test_generic_csv_with_dicom_patients_and_official_split(tmp_path: Path) -> N
     meta = build(CohortOptions(source="generic", input=str(tmp_path / "table.csv"), minority="other",
                                root=str(DATA)), str(tmp_path / "g"))
     df, loaded = load_manifest(str(tmp_path / "g" / "cohort.csv"))
-    assert meta["counts"]["pool"] == {"minority": 11, "majority": 92}
+    assert meta["counts"]["pool"] == {"minority": 8, "majority": 18}  # 5 No Finding + ARDS + 2 DICOMs vs pneumonia
     assert not df.path.str.startswith("/").any() and all((Path(loaded["root"]) / p).is_file() for p in df.path)
     _assert_patient_disjoint(df)
     assert df[df.patient == "siim"].split.nunique() == 1

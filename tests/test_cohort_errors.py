@@ -1,19 +1,17 @@
-"""Bad input to scripts/build_cohort.py: one line `error: ...` naming the problem, exit status 2, nothing written."""
+"""Bad input to the cohort command (egan_med.cohort_cli, run by scripts/build_cohort.py): one line `error: ...` naming the problem, exit status 2, nothing written."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import data_file
+
+from egan_med import cohort_cli as build_cohort
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-COVID = DATA / "cxr_covid_ccby" / "train.csv"
-NIH = DATA / "nih_cxr14_labels" / "Data_Entry_2017_v2020.csv.gz"
-_spec = importlib.util.spec_from_file_location("build_cohort", REPO / "scripts" / "build_cohort.py")
-build_cohort = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(build_cohort)
+COVID = data_file("cxr_covid_ccby", "train.csv")
+NIH = data_file("nih_cxr14_labels", "Data_Entry_2017_v2020.csv.gz")
 
 
 def _fails(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], *expected: str) -> str:
@@ -62,7 +60,7 @@ def test_label_values_outside_policy(tmp_path, capsys) -> None:
 
 def test_sizes_the_data_cannot_meet(tmp_path, capsys) -> None:
     _fails(tmp_path, capsys, ["--csv", str(COVID), "--label", "No Finding", "--test-minority", "50"],
-           "test split needs 50 minority images but only 8 are available")
+           "test split needs 50 minority images but only 5 are available")
     _fails(tmp_path, capsys, ["--nih", str(NIH), "--ratio", "200000"],
            "--ratio 200000 needs at least 200000 majority training images per minority image", "available")
     _fails(tmp_path, capsys, ["--medmnist", str(REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"),
@@ -82,7 +80,7 @@ def test_empty_class(tmp_path, capsys) -> None:
     folder = tmp_path / "imgs"
     (folder / "normal").mkdir(parents=True)
     (folder / "pneumonia").mkdir()
-    (folder / "normal" / "a.png").write_bytes((DATA / "cxr_samples" / "nih" / "00000001_000.png").read_bytes())
+    (folder / "normal" / "a.png").write_bytes(data_file("cxr_samples", "nih", "00000001_000.png").read_bytes())
     _fails(tmp_path, capsys, ["--folder", str(folder), "--minority", "pneumonia", "--majority", "normal"],
            "class 'pneumonia' has no images")
     csv = _covid_variant(tmp_path, lambda df: df.__setitem__("No Finding", ""))

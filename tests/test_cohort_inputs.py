@@ -2,7 +2,6 @@
 files, hostile CIFAR pickles, symlinks out of the data root. Every input is built in tmp_path."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 from pathlib import Path
@@ -13,10 +12,7 @@ import pytest
 
 from egan_med.cohort import CohortError, CohortOptions, build, load_manifest
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("build_cohort", REPO / "scripts" / "build_cohort.py")
-build_cohort = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(build_cohort)
+from egan_med import cohort_cli as build_cohort
 
 SIZES = {f"{s}_{c}": 1 for s in ("val", "test") for c in ("minority", "majority")}
 

@@ -16,9 +16,11 @@ from egan_med.data import BadImageError, make_dataset, make_loader, save_augment
 from egan_med.data.cache import build_store
 from egan_med.data.transforms import augment_item, build_augment, item_seed, preprocess
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CXR = sorted((DATA / "cxr_covid_ccby" / "train").glob("*/*/*.jpg"))
-NPZ_REL = "pneumoniamnist/pneumoniamnist_28.npz"
+from conftest import BUNDLED_NPZ, data_file, data_glob
+
+CXR = data_glob(data_file("cxr_covid_ccby", "train"), "*/*/*.jpg", 6)  # raises at import if the fixtures are gone
+NPZ_ROOT = BUNDLED_NPZ.parent  # the npz the package ships: tests address it relative to this root
+NPZ_REL = BUNDLED_NPZ.name
 
 
 def npz_manifest(n: int) -> pd.DataFrame:
@@ -66,8 +68,8 @@ def test_natural_chain_crops_and_flips_and_stays_in_unit_range():
 
 def test_eval_chain_is_deterministic_and_equals_cached_pixels():
     cfg = DataConfig(image_size=32)
-    ds = make_dataset(npz_manifest(6), str(DATA), cfg, train=False)
-    direct = preprocess(str(DATA / f"{NPZ_REL}#train/4"), cfg)
+    ds = make_dataset(npz_manifest(6), str(NPZ_ROOT), cfg, train=False)
+    direct = preprocess(str(NPZ_ROOT / f"{NPZ_REL}#train/4"), cfg)
     expected = torch.from_numpy(direct.astype(np.float32) / 255).repeat(3, 1, 1)
     assert torch.equal(ds[4]["image"], ds[4]["image"]) and torch.equal(ds[4]["image"], expected)
     ds.set_epoch(3)
@@ -76,14 +78,14 @@ def test_eval_chain_is_deterministic_and_equals_cached_pixels():
 
 def test_augmentation_reproducible_per_seed_epoch_index():
     cfg = DataConfig(image_size=32)
-    a = make_dataset(npz_manifest(8), str(DATA), cfg, train=True, seed=1)
-    b = make_dataset(npz_manifest(8), str(DATA), cfg, train=True, seed=1)
+    a = make_dataset(npz_manifest(8), str(NPZ_ROOT), cfg, train=True, seed=1)
+    b = make_dataset(npz_manifest(8), str(NPZ_ROOT), cfg, train=True, seed=1)
     item = a[5]
     assert item["image"].shape == (3, 32, 32) and item["index"] == 5 and item["minority"] == 0
     assert torch.equal(a[5]["image"], b[5]["image"]) and torch.equal(a[5]["image"], a[5]["image"])
     b.set_epoch(1)
     assert not torch.equal(a[5]["image"], b[5]["image"])
-    c = make_dataset(npz_manifest(8), str(DATA), cfg, train=True, seed=2)
+    c = make_dataset(npz_manifest(8), str(NPZ_ROOT), cfg, train=True, seed=2)
     assert not torch.equal(a[5]["image"], c[5]["image"])
     assert item_seed(1, 0, 5) != item_seed(1, 0, 6)
 
@@ -99,9 +101,9 @@ def _epochs(ds, workers: int, epochs: list[int]) -> list[list[torch.Tensor]]:
 
 def test_loader_same_across_workers_and_resumable():
     cfg = DataConfig(image_size=16)
-    two_workers = _epochs(make_dataset(npz_manifest(40), str(DATA), cfg, True), 2, [0, 1])
-    resumed = _epochs(make_dataset(npz_manifest(40), str(DATA), cfg, True), 0, [1])
-    first = _epochs(make_dataset(npz_manifest(40), str(DATA), cfg, True), 0, [0])
+    two_workers = _epochs(make_dataset(npz_manifest(40), str(NPZ_ROOT), cfg, True), 2, [0, 1])
+    resumed = _epochs(make_dataset(npz_manifest(40), str(NPZ_ROOT), cfg, True), 0, [1])
+    first = _epochs(make_dataset(npz_manifest(40), str(NPZ_ROOT), cfg, True), 0, [0])
     assert all(torch.equal(x, y) for x, y in zip(two_workers[1], resumed[0]))
     assert all(torch.equal(x, y) for x, y in zip(two_workers[0], first[0]))
     assert not torch.equal(two_workers[0][0], two_workers[1][0])  # new epoch: new order and draws
@@ -139,7 +141,7 @@ def test_persistent_cache_invalidated_by_config_and_files(tmp_path):
 
 def test_npz_cache_keyed_by_content_not_mtime(tmp_path):
     npz = tmp_path / "mnist.npz"
-    shutil.copy(DATA / NPZ_REL, npz)
+    shutil.copy(BUNDLED_NPZ, npz)
     df = pd.DataFrame({"path": [f"mnist.npz#test/{i}" for i in range(5)], "minority": 0})
     cfg = DataConfig(image_size=32, cache_dir=str(tmp_path / "cache"))
     paths = [f"{npz}#test/{i}" for i in range(5)]

@@ -14,14 +14,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from egan_med.data import BadImageError, load_image
 from egan_med.data import readers
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DICOM_DIR = DATA / "cxr_samples" / "dicom"
-MONO2 = DICOM_DIR / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-MONO1 = DICOM_DIR / "Fake_MONOHR1.dcm"
-PNG = DATA / "cxr_samples" / "nih" / "00000001_000.png"
-CXR_JPG = DATA / "cxr_covid_ccby" / "train" / "patient00001" / "study1" / "view1_frontal.jpg"  # 512 wide, 409 tall
-CIFAR_JPG = DATA / "cifar10_airplane_automobile" / "train" / "airplane" / "0000.jpg"
-NPZ = DATA / "pneumoniamnist" / "pneumoniamnist_28.npz"
+from conftest import BUNDLED_NPZ, data_file
+
+MONO2 = data_file("cxr_samples", "dicom", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
+MONO1 = data_file("cxr_samples", "dicom", "Fake_MONOHR1.dcm")
+PNG = data_file("cxr_samples", "nih", "00000001_000.png")
+CXR_JPG = data_file("cxr_covid_ccby", "train", "patient00001", "study1", "view1_frontal.jpg")  # 512 wide, 409 tall
+CIFAR_JPG = data_file("cifar10_airplane_automobile", "train", "airplane", "0000.jpg")
+NPZ = BUNDLED_NPZ
 
 
 def test_dicom_monochrome1_is_inverted_monochrome2():

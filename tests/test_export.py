@@ -25,19 +25,20 @@ def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
     return out, export.export_run(str(run_dir), str(out))
 
 
-def _real_batch(shared_data: Path, cfg) -> torch.Tensor:
+def _real_batch(data_root: Path, cfg) -> torch.Tensor:
     """NIH PNGs, both DICOMs and a few CC-BY JPEGs, through the evaluation preprocessing."""
-    files = sorted((shared_data / "cxr_samples" / "nih").glob("*.png"))
-    files += sorted((shared_data / "cxr_samples" / "dicom").glob("*.dcm"))
-    files += sorted((shared_data / "cxr_covid_ccby" / "train").rglob("*.jpg"))[:4]
+    files = sorted((data_root / "cxr_samples" / "nih").glob("*.png"))
+    files += sorted((data_root / "cxr_samples" / "dicom").glob("*.dcm"))
+    files += sorted((data_root / "cxr_covid_ccby" / "train").rglob("*.jpg"))[:4]
     return torch.stack([predict.eval_image(str(f), cfg) for f in files])
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-def test_torchscript_and_onnx_match_pytorch_on_real_radiographs(run_dir, exported, shared_data):
+def test_torchscript_and_onnx_match_pytorch_on_real_radiographs(run_dir, exported, data_root):
     out, info = exported
     net, cfg, op = predict.load_run(str(run_dir))
-    x = _real_batch(shared_data, cfg)
+    x = _real_batch(data_root, cfg)
     assert x.shape == (8, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     with torch.no_grad():
         ref = net(x).numpy()
@@ -57,6 +58,7 @@ def test_torchscript_and_onnx_match_pytorch_on_real_radiographs(run_dir, exporte
     assert json.loads((out / "export.json").read_text())["onnx"] == "discriminator.onnx"
 
 
+@pytest.mark.slow
 def test_missing_onnxruntime_gives_install_hint(exported, monkeypatch):
     out, info = exported
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError

