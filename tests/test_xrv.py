@@ -1,0 +1,121 @@
+"""torchxrayvision's DenseNet121 as a backbone: same features as torchxrayvision, paper freezing, clear weight
+errors, the CheXpert leakage warning. Nothing is downloaded: weights are random and saved to tmp_path."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from egan_med.config import ConfigError, load_config
+from egan_med.models import Backbone, Discriminator, WeightsError, count_parameters
+from egan_med.models.backbones import xrv_weights_file
+
+xrv = pytest.importorskip("torchxrayvision", reason="the optional extra: pip install 'egan_med[xrv]'")
+
+REPO = Path(__file__).resolve().parents[1]
+NPZ = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
+
+
+def real_radiographs(n: int, size: int) -> np.ndarray:
+    """n real PneumoniaMNIST chest X-rays (CC BY 4.0), both classes, resized to size px: uint8 (n, size, size)."""
+    with np.load(NPZ) as z:
+        imgs, labels = z["test_images"], z["test_labels"][:, 0]
+    pick = list(np.flatnonzero(labels == 0)[: n // 2]) + list(np.flatnonzero(labels == 1)[: n - n // 2])
+    return np.stack([np.asarray(Image.fromarray(imgs[i]).resize((size, size), Image.BILINEAR)) for i in pick])
+
+
+@pytest.fixture(scope="module")
+def xrv_state(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    """A torchxrayvision DenseNet with random (seeded) weights and its state dict saved as a file."""
+    torch.manual_seed(0)
+    model = xrv.models.DenseNet(weights=None).eval()
+    # Non-trivial BatchNorm statistics, so that a mis-mapped layer cannot go unnoticed.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    path = tmp_path_factory.mktemp("xrv") / "xrv_random.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_features_equal_torchxrayvision_on_real_radiographs(xrv_state, channels):
+    model, path = xrv_state
+    net = Backbone("xrv_densenet121", str(path)).eval()
+    imgs = real_radiographs(4, 224)  # torchxrayvision's resolution
+    ours_in = torch.from_numpy(imgs.astype(np.float32) / 255.0)[:, None].repeat(1, channels, 1, 1)
+    ref_in = torch.from_numpy(np.stack([xrv.datasets.normalize(i, 255) for i in imgs]))[:, None]
+    with torch.no_grad():
+        ours = net(ours_in)
+        ref_map = torch.relu(model.features(ref_in))
+        ref_vec = model.features2(ref_in)
+    assert ours.shape == ref_map.shape == (4, 1024, 7, 7)
+    assert float(ref_vec.std(0).mean()) > 1e-3  # distinct images give distinct features
+    np.testing.assert_allclose(ours.numpy(), ref_map.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours.mean((2, 3)).numpy(), ref_vec.numpy(), atol=1e-5, rtol=0)
+
+
+def test_paper_freezing_trains_last_conv_and_norm5(xrv_state):
+    _, path = xrv_state
+    net = Backbone("xrv_densenet121", str(path))
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    # conv2 of denselayer16 (128 -> 32, 3x3) and norm5 (1024 scale + shift), as for torchvision's DenseNet121
+    assert count_parameters(net)[1] == 128 * 32 * 9 + 2 * 1024 == 38912
+    assert trainable == {"top.0.conv2.weight", "top.1.0.weight", "top.1.0.bias"}
+    assert count_parameters(net)[1] == count_parameters(Backbone("densenet121", "none", trainable_units=2))[1]
+
+
+def test_named_weights_missing_from_cache_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(xrv.utils, "get_cache_dir", lambda: str(tmp_path / "models_data"))
+    monkeypatch.setattr(xrv.utils, "download", lambda *a: pytest.fail("must never download"))
+    with pytest.raises(WeightsError) as err:
+        Backbone("xrv_densenet121", "densenet121-res224-nih")
+    msg = str(err.value)
+    assert "\n" not in msg and "nih-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt" in msg
+    assert str(tmp_path / "models_data") in msg and "https://github.com/mlmed/torchxrayvision/releases" in msg
+    assert not (tmp_path / "models_data").exists()  # nothing created, nothing half-written
+
+
+def test_named_weights_come_from_torchxrayvision_cache(xrv_state, tmp_path, monkeypatch):
+    model, _ = xrv_state
+    monkeypatch.setattr(xrv.utils, "get_cache_dir", lambda: str(tmp_path))
+    path, url = xrv_weights_file("densenet121-res224-rsna")
+    assert Path(path).parent == tmp_path and url.endswith(Path(path).name)
+    torch.save(model, path)  # torchxrayvision's release files are pickled whole models
+    net = Backbone("xrv_densenet121", "densenet121-res224-rsna").eval()
+    assert "densenet121-res224-rsna" in net.weights_source
+    x = torch.from_numpy(real_radiographs(2, 64).astype(np.float32) / 255)[:, None]
+    with torch.no_grad():
+        np.testing.assert_allclose(net(x).numpy(), torch.relu(model.features(x * 2048 - 1024)).numpy(), atol=1e-5)
+
+
+def test_pickled_release_file_as_path_says_where_it_goes(xrv_state, tmp_path):
+    model, _ = xrv_state
+    torch.save(model, tmp_path / "release.pt")
+    with pytest.raises(WeightsError, match="densenet121-res224-"):
+        Backbone("xrv_densenet121", str(tmp_path / "release.pt"))
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["model.discriminator=xrv_densenet121"], "model.weights"),  # imagenet is not one of its weight sets
+    (["model.weights=densenet121-res224-all"], "model.weights"),  # xrv weights on efficientnet_lite0
+    (["model.discriminator=xrv_densenet121", "model.discriminator_weights=densenet121-res224-all",
+      "model.weights=imagenet", "model.encoder=xrv_densenet121"], "model.weights"),  # E still gets imagenet
+])
+def test_config_rejects_mismatched_xrv_weights(overrides, key):
+    with pytest.raises(ConfigError, match=f"^{key}="):
+        load_config(None, overrides)
+
+
+def test_config_accepts_xrv_choices():
+    cfg = load_config(None, ["model.encoder=xrv_densenet121", "model.discriminator=xrv_densenet121",
+                             "model.weights=densenet121-res224-pc"])
+    assert cfg.model.weights == "densenet121-res224-pc"
