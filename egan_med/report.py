@@ -91,12 +91,13 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str]) -> str:
+def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], warnings: Sequence[str] = ()) -> str:
     targets = {round(100 * float(r.get("spec_target", 0.9))) for r in rows}
     spec = f"{targets.pop()}" if len(targets) == 1 else "?"
     headers = ["Model", "#train minor", "#train major", "#test minor", "#test major", "ratio",
                "operating point"] + [h.format(spec=spec) for _, h in _MD_METRICS]
-    lines = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = [f"# {title}", ""] + [f"**Warning: {w}**\n" for w in warnings]
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
         op = r["operating_point"] if r["operating_point"] == "constant" \
             else f"{r['operating_point']} (t={r['threshold']:.3g})"
@@ -139,7 +140,8 @@ def _write_atomic(path: str, text: str) -> None:
         raise
 
 
-def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str]) -> None:
+def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str],
+                 warnings: Sequence[str] = ()) -> None:
     """Write report.md, report.csv and report.json into ``run_dir``, each atomically.
 
     Args:
@@ -147,11 +149,13 @@ def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Seque
         rows: report_row() / trivial_rows() dicts.
         title: heading of report.md and "title" of report.json.
         notes: caveats shown under the table and stored in report.json.
+        warnings: problems that change how to read every number (e.g. pretraining leakage): shown under
+            the title of report.md and stored as report.json's "warnings".
     """
     os.makedirs(run_dir, exist_ok=True)
     rows = [dict(r) for r in rows]
-    _write_atomic(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes))
+    _write_atomic(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes, warnings))
     _write_atomic(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
-    payload = {"title": title, "rows": rows, "notes": list(notes)}
+    payload = {"title": title, "warnings": list(warnings), "rows": rows, "notes": list(notes)}
     _write_atomic(os.path.join(run_dir, "report.json"),
                   json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

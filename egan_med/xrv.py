@@ -44,3 +44,16 @@ def chexpert_leak(source: str | None, weights: list[str]) -> str:
     return (f"leakage: the cohort comes from CheXpert and the weights {', '.join(leaky)} were trained on CheXpert; "
             "their features have seen these patients, so test metrics are optimistic. Use densenet121-res224-nih, "
             "-pc, -rsna or -mimic_* for a CheXpert cohort")
+
+
+def run_weights(model_cfg) -> list[str]:
+    """The starting-weight values of the networks a run trains or scores with (D, and E for eGAN)."""
+    out = [model_cfg.discriminator_weights or model_cfg.weights]
+    if model_cfg.kind == "egan":
+        out.append(model_cfg.encoder_weights or model_cfg.weights)
+    return out
+
+
+def run_leak_warning(cfg, meta: dict | None) -> str:
+    """``chexpert_leak`` for a run's config and its cohort.json contents (None: provenance unknown, no warning)."""
+    return chexpert_leak((meta or {}).get("source"), run_weights(cfg.model))

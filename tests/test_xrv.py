@@ -119,3 +119,45 @@ def test_config_accepts_xrv_choices():
     cfg = load_config(None, ["model.encoder=xrv_densenet121", "model.discriminator=xrv_densenet121",
                              "model.weights=densenet121-res224-pc"])
     assert cfg.model.weights == "densenet121-res224-pc"
+
+
+def test_chexpert_leak_only_for_weights_that_saw_chexpert():
+    from egan_med.xrv import chexpert_leak
+
+    assert "densenet121-res224-chex" in chexpert_leak("chexpert", ["densenet121-res224-chex", "imagenet"])
+    assert chexpert_leak("chexpert", ["densenet121-res224-nih", "densenet121-res224-mimic_ch", "imagenet"]) == ""
+    assert chexpert_leak("medmnist", ["densenet121-res224-all"]) == ""
+
+
+def test_training_on_chexpert_cohort_with_chexpert_weights_warns_and_report_carries_it(
+        xrv_state, tmp_path, monkeypatch, capsys):
+    """A tiny eGAN run with E and D on xrv_densenet121 at 64 px (not 224: CPU time) completes and carries the warning."""
+    from egan_med.cohort import CohortOptions, build
+    from egan_med.train import main as train_main
+
+    model, _ = xrv_state
+    monkeypatch.setattr(xrv.utils, "get_cache_dir", lambda: str(tmp_path / "xrv_cache"))
+    (tmp_path / "xrv_cache").mkdir()
+    torch.save(model, xrv_weights_file("densenet121-res224-all")[0])
+    opts = CohortOptions(source="medmnist", input=str(NPZ), minority="1", train_minority=2, train_majority=16,
+                         val_minority=4, val_majority=4, test_minority=4, test_majority=4)
+    build(opts, str(tmp_path / "cohort"))
+    meta_path = tmp_path / "cohort" / "cohort.json"
+    meta = json.loads(meta_path.read_text())
+    meta["source"] = "chexpert"  # stands in for a CheXpert cohort: the check reads only cohort.json's source
+    meta_path.write_text(json.dumps(meta))
+    run = tmp_path / "run"
+    assert train_main(["configs/demo.yaml", f"data.cohort={tmp_path / 'cohort' / 'cohort.csv'}", "data.image_size=64",
+                       "model.encoder=xrv_densenet121", "model.discriminator=xrv_densenet121",
+                       "model.weights=densenet121-res224-all", "train.epochs=1", "train.max_steps_per_epoch=2",
+                       "train.batch_size=8", "eval.bootstrap=0", "eval.baseline=false", "eval.knn=false",
+                       "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: leakage" in err and "densenet121-res224-all" in err
+    assert "39,937 trainable" in err  # D: paper freezing of the backbone (38,912) + its 1024 -> 1 head
+    report = json.loads((run / "report.json").read_text())
+    assert len(report["warnings"]) == 1 and "CheXpert" in report["warnings"][0]
+    assert (run / "report.md").read_text().splitlines()[2].startswith("**Warning: leakage")
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "**Warning: leakage" in card and "trained on NIH ChestX-ray14, PadChest, CheXpert" in card
+    assert np.isfinite(np.load(run / "scores_test.npz")["logit"]).all()
