@@ -9,6 +9,7 @@ an optional extra: ``pip install 'egan_med[export]'``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -50,6 +51,17 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+@contextlib.contextmanager
+def _quiet_export():
+    """Silence the expected export warnings."""
+    with warnings.catch_warnings():
+        # Tracer warnings say Python shape arithmetic becomes constant: intended, the size is fixed at export.
+        # TorchScript and the legacy ONNX exporter are deprecated in torch 2.9+ but still the working paths here.
+        for category in (torch.jit.TracerWarning, FutureWarning, DeprecationWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
 def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> dict:
     """Write the TorchScript and ONNX models of a run and check them against PyTorch.
 
@@ -81,13 +93,8 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
     c, s = cfg.data.channels, cfg.data.image_size
     example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     ts_path, onnx_path = os.path.join(out_dir, "discriminator.ts.pt"), os.path.join(out_dir, "discriminator.onnx")
-    with warnings.catch_warnings(), torch.no_grad():
-        # Tracer warnings say Python shape arithmetic becomes constant: intended, the size is fixed above.
-        # TorchScript and the legacy ONNX exporter are deprecated in torch 2.9+ but still the working paths here.
-        for category in (torch.jit.TracerWarning, FutureWarning, DeprecationWarning):
-            warnings.simplefilter("ignore", category)
-        traced = torch.jit.trace(net, example)
-        traced.save(ts_path + ".tmp")
+    with _quiet_export(), torch.no_grad():
+        torch.jit.trace(net, example).save(ts_path + ".tmp")
         # The dynamo exporter (torch's default since 2.9) needs onnxscript, which is not a dependency here;
         # the legacy TorchScript-based exporter handles this network with the batch axis left dynamic.
         torch.onnx.export(net, (example,), onnx_path + ".tmp", input_names=["image"], output_names=["logit"],
