@@ -129,9 +129,12 @@ def test_chexpert_leak_only_for_weights_that_saw_chexpert():
     assert chexpert_leak("medmnist", ["densenet121-res224-all"]) == ""
 
 
+@pytest.mark.slow
 def test_training_on_chexpert_cohort_with_chexpert_weights_warns_and_report_carries_it(
         xrv_state, tmp_path, monkeypatch, capsys):
-    """A tiny eGAN run with E and D on xrv_densenet121 at 64 px (not 224: CPU time) completes and carries the warning."""
+    """A tiny eGAN run (E, D, supervised baseline, kNN all on xrv_densenet121, at 64 px rather than 224 for CPU
+    time) completes, carries the leakage warning, and exports as a MONAI bundle."""
+    from egan_med import export
     from egan_med.cohort import CohortOptions, build
     from egan_med.train import main as train_main
 
@@ -150,7 +153,7 @@ def test_training_on_chexpert_cohort_with_chexpert_weights_warns_and_report_carr
     assert train_main(["configs/demo.yaml", f"data.cohort={tmp_path / 'cohort' / 'cohort.csv'}", "data.image_size=64",
                        "model.encoder=xrv_densenet121", "model.discriminator=xrv_densenet121",
                        "model.weights=densenet121-res224-all", "train.epochs=1", "train.max_steps_per_epoch=2",
-                       "train.batch_size=8", "eval.bootstrap=0", "eval.baseline=false", "eval.knn=false",
+                       "train.batch_size=8", "eval.bootstrap=0", "eval.baseline=true", "eval.knn=true",
                        "--out", str(run)]) == 0
     err = capsys.readouterr().err
     assert "warning: leakage" in err and "densenet121-res224-all" in err
@@ -161,3 +164,9 @@ def test_training_on_chexpert_cohort_with_chexpert_weights_warns_and_report_carr
     card = (run / "MODEL_CARD.md").read_text()
     assert "**Warning: leakage" in card and "trained on NIH ChestX-ray14, PadChest, CheXpert" in card
     assert np.isfinite(np.load(run / "scores_test.npz")["logit"]).all()
+    models = [r["model"] for r in report["rows"]]
+    assert "supervised baseline" in models and "kNN one-class" in models
+    meta = export.export_bundle(str(run), str(tmp_path / "bundle"))
+    assert "CheXpert" in meta["egan_med"]["leakage_warning"]
+    assert meta["required_packages_version"]["torchxrayvision"] == xrv.__version__
+    assert meta["egan_med"]["torchscript_max_abs_diff"] <= 1e-5
