@@ -1,4 +1,5 @@
-"""torchxrayvision's radiograph-pretrained weight sets: names, the datasets each saw, and the CheXpert leakage check.
+"""torchxrayvision's radiograph-pretrained weight sets: names, the datasets each saw, and the leakage check
+(a CheXpert or NIH cohort scored with weights trained on it).
 
 Kept free of torch imports so that config validation can use it. The datasets come from torchxrayvision's
 ``models.model_urls`` descriptions and file names (its paper: Cohen et al., arXiv:2002.02497).
@@ -26,24 +27,34 @@ def installed() -> bool:
     return importlib.util.find_spec("torchxrayvision") is not None
 
 
-def chexpert_leak(source: str | None, weights: list[str]) -> str:
-    """A one-line warning when a CheXpert cohort meets weights trained on CheXpert, else "".
+# cohort.json "source" -> the public datasets its images belong to (RSNA's and Google's images are NIH's).
+SOURCE_DATASETS: dict[str, frozenset[str]] = {
+    "chexpert": frozenset({"CheXpert"}),
+    "nih": frozenset({"NIH ChestX-ray14", "RSNA Pneumonia", "Google (NIH subset)"}),
+}
+
+
+def pretraining_leak(source: str | None, weights: list[str]) -> str:
+    """A one-line warning when a cohort's dataset is one the pretrained weights were trained on, else "".
 
     Args:
-        source: the cohort's ``source`` (cohort.json), e.g. ``chexpert``.
+        source: the cohort's ``source`` (cohort.json), e.g. ``chexpert`` or ``nih``.
         weights: the weight values of the run's networks (names, paths or ``imagenet``/``none``).
 
     Returns:
         The warning text, or "" when there is no overlap.
     """
-    if not source or "chexpert" not in source.lower():
+    seen = SOURCE_DATASETS.get((source or "").lower())
+    if not seen:
         return ""
-    leaky = sorted({w for w in weights if "CheXpert" in XRV_WEIGHTS.get(w, ())})
+    leaky = sorted({w for w in weights if seen & set(XRV_WEIGHTS.get(w, ()))})
     if not leaky:
         return ""
-    return (f"leakage: the cohort comes from CheXpert and the weights {', '.join(leaky)} were trained on CheXpert; "
-            "their features have seen these patients, so test metrics are optimistic. Use densenet121-res224-nih, "
-            "-pc, -rsna or -mimic_* for a CheXpert cohort")
+    clean = [w for w, sets in XRV_WEIGHTS.items() if not seen & set(sets)]
+    overlap = sorted(seen & {d for w in leaky for d in XRV_WEIGHTS[w]})
+    return (f"leakage: the cohort comes from {source} and the weights {', '.join(leaky)} were trained on "
+            f"{', '.join(overlap)}; their features have seen these images, so the metrics are optimistic. "
+            f"Weights that did not see them: {', '.join(clean)}")
 
 
 def run_weights(model_cfg) -> list[str]:
@@ -55,5 +66,5 @@ def run_weights(model_cfg) -> list[str]:
 
 
 def run_leak_warning(cfg, meta: dict | None) -> str:
-    """``chexpert_leak`` for a run's config and its cohort.json contents (None: provenance unknown, no warning)."""
-    return chexpert_leak((meta or {}).get("source"), run_weights(cfg.model))
+    """``pretraining_leak`` for a run's config and its cohort.json contents (None: provenance unknown, no warning)."""
+    return pretraining_leak((meta or {}).get("source"), run_weights(cfg.model))

@@ -121,12 +121,15 @@ def test_config_accepts_xrv_choices():
     assert cfg.model.weights == "densenet121-res224-pc"
 
 
-def test_chexpert_leak_only_for_weights_that_saw_chexpert():
-    from egan_med.xrv import chexpert_leak
+def test_leak_only_for_weights_that_saw_the_cohort_dataset():
+    from egan_med.xrv import pretraining_leak
 
-    assert "densenet121-res224-chex" in chexpert_leak("chexpert", ["densenet121-res224-chex", "imagenet"])
-    assert chexpert_leak("chexpert", ["densenet121-res224-nih", "densenet121-res224-mimic_ch", "imagenet"]) == ""
-    assert chexpert_leak("medmnist", ["densenet121-res224-all"]) == ""
+    msg = pretraining_leak("chexpert", ["densenet121-res224-chex", "imagenet"])
+    assert "densenet121-res224-chex" in msg and "densenet121-res224-nih" in msg.split("did not see them")[1]
+    assert pretraining_leak("chexpert", ["densenet121-res224-nih", "densenet121-res224-mimic_ch", "imagenet"]) == ""
+    assert "densenet121-res224-rsna" in pretraining_leak("nih", ["densenet121-res224-rsna"])  # RSNA images are NIH's
+    assert pretraining_leak("nih", ["densenet121-res224-chex", "densenet121-res224-pc"]) == ""
+    assert pretraining_leak("medmnist", ["densenet121-res224-all"]) == ""
 
 
 @pytest.mark.slow
