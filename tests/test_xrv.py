@@ -173,3 +173,12 @@ def test_training_on_chexpert_cohort_with_chexpert_weights_warns_and_report_carr
     assert "CheXpert" in meta["egan_med"]["leakage_warning"]
     assert meta["required_packages_version"]["torchxrayvision"] == xrv.__version__
     assert meta["egan_med"]["torchscript_max_abs_diff"] <= 1e-5
+
+
+def test_xrv_backbone_without_torchxrayvision_says_how_to_install(monkeypatch):
+    import egan_med.xrv
+
+    monkeypatch.setattr(egan_med.xrv, "installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"^model.discriminator='xrv_densenet121': needs torchxrayvision: pip install 'egan_med\[xrv\]'$"):
+        load_config(None, ["model.kind=supervised", "model.discriminator=xrv_densenet121",
+                           "model.weights=densenet121-res224-nih"])
