@@ -20,8 +20,8 @@ built with torchxrayvision's own ``DenseNet`` class. Its layers are torchvision'
 same two units (38,912 trainable parameters). Its weights are one of ``XRV_WEIGHTS`` (torchxrayvision's
 ``densenet121-res224-*`` names), read from torchxrayvision's cache, or a state-dict file. Its preprocessing
 lives inside, as ImageNet normalisation does for the others: one channel (of a 3-channel input, the first: our
-gray images are that channel repeated),
-[0, 1] mapped linearly to torchxrayvision's [-1024, 1024]; the weights were trained at 224 px.
+gray images are that channel repeated), [0, 1] mapped linearly to torchxrayvision's [-1024, 1024]; the weights
+were trained at 224 px. Building it never downloads: missing weights are a ``WeightsError`` naming the file.
 """
 from __future__ import annotations
 
@@ -279,7 +279,7 @@ def load_weights(name: str, weights: str, holder: nn.Module) -> str:
 
     Args:
         name: backbone name.
-        weights: ``imagenet``, ``none`` or a path to a state dict.
+        weights: ``imagenet``, ``none``, a torchxrayvision name (``XRV_WEIGHTS``) or a path to a state dict.
         holder: the network whose state dict the weights belong to.
 
     Returns:
@@ -322,7 +322,7 @@ class Backbone(nn.Module):
 
     Args:
         name: a key of ``BACKBONES``.
-        weights: ``imagenet``, ``none`` or a state-dict path.
+        weights: ``imagenet``, ``none``, a torchxrayvision name (xrv_densenet121 only) or a state-dict path.
         trainable_units: how many units at the top train; -1 = the paper's mapping.
         train_bn: let BatchNorm in trainable units update running statistics; by default every
             BatchNorm stays in inference mode, as in the paper's Keras code (``training=False``).
