@@ -121,6 +121,16 @@ def test_config_accepts_xrv_choices():
     assert cfg.model.weights == "densenet121-res224-pc"
 
 
+def test_shipped_xrv_config_does_not_leak_on_chexpert():
+    from egan_med.xrv import run_leak_warning
+
+    cfg = load_config(str(REPO / "configs" / "chexpert_xrv.yaml"))
+    assert cfg.model.discriminator == cfg.model.encoder == "xrv_densenet121" and cfg.data.image_size == 224
+    assert run_leak_warning(cfg, {"source": "chexpert"}) == ""
+    cfg.model.weights = "densenet121-res224-all"
+    assert run_leak_warning(cfg, {"source": "chexpert"}).startswith("leakage:")
+
+
 def test_leak_only_for_weights_that_saw_the_cohort_dataset():
     from egan_med.xrv import pretraining_leak
 
