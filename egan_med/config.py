@@ -46,9 +46,9 @@ class ModelConfig:
     """Networks: which backbones, where their weights come from, how much of them trains."""
 
     kind: str = "egan"  # egan | supervised | knn
-    encoder: str = "efficientnet_lite0"  # densenet121 | vgg16 | vgg19 | resnet101 | efficientnet_b2 | efficientnet_lite0
+    encoder: str = "efficientnet_lite0"  # densenet121 | vgg16 | vgg19 | resnet101 | efficientnet_b2 | efficientnet_lite0 | xrv_densenet121
     discriminator: str = "efficientnet_lite0"  # same choices; may differ from the encoder (Table 3)
-    weights: str = "imagenet"  # imagenet | none | path to a state dict (both networks)
+    weights: str = "imagenet"  # imagenet | none | densenet121-res224-* (xrv_densenet121) | path to a state dict
     encoder_weights: str = ""  # overrides `weights` for E ("" = same as weights)
     discriminator_weights: str = ""  # overrides `weights` for D
     trainable_blocks: int = -1  # -1 = the paper's "top 5 layers" mapping of each backbone
@@ -197,6 +197,7 @@ def _check(cfg: Config) -> None:
     need(0 <= m.dropout < 1, "model.dropout", "must be within [0, 1)")
     need(m.trainable_blocks >= -1, "model.trainable_blocks", "must be -1 (paper mapping) or >= 0")
     need(m.knn_k >= 1, "model.knn_k", "must be >= 1")
+    _check_xrv(cfg, need)
     need(t.epochs >= 1, "train.epochs", "must be >= 1")
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.minority_cap >= 1, "train.minority_cap", "must be >= 1")
@@ -216,6 +217,24 @@ def _check(cfg: Config) -> None:
     need(e.nash_threshold >= 0, "eval.nash_threshold", "must be >= 0")
     need(0 < e.target < 1, "eval.target", "must be within (0, 1)")
     need(e.bootstrap >= 0, "eval.bootstrap", "must be >= 0")
+
+
+def _check_xrv(cfg: Config, need) -> None:
+    """torchxrayvision backbones take only its weight sets (or none / a file), and its weight sets only them."""
+    from egan_med import xrv
+
+    m = cfg.model
+    networks = [("discriminator", m.discriminator, "model.discriminator_weights" if m.discriminator_weights else "model.weights")]
+    if m.kind == "egan":
+        networks.append(("encoder", m.encoder, "model.encoder_weights" if m.encoder_weights else "model.weights"))
+    for role, backbone, key in networks:
+        weights = _get(cfg, key)
+        if backbone == xrv.XRV_BACKBONE:
+            need(xrv.installed(), f"model.{role}", "needs torchxrayvision: pip install 'egan_med[xrv]'")
+            need(weights != "imagenet", key, f"{backbone} has no ImageNet weights; use one of "
+                 f"{', '.join(xrv.XRV_WEIGHTS)}, none, or a state-dict file")
+        elif weights in xrv.XRV_WEIGHTS:
+            need(False, key, f"torchxrayvision weights need model.{role}={xrv.XRV_BACKBONE}, not {backbone}")
 
 
 def _get(cfg: Config, key: str) -> Any:

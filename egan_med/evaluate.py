@@ -21,6 +21,7 @@ from egan_med.checkpoint import CheckpointError, load_checkpoint
 from egan_med.config import Config, ConfigError, config_from_dict
 from egan_med.scoring import score_loader
 from egan_med.splits import CohortSplits, load_splits
+from egan_med.xrv import run_leak_warning
 
 LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class"}
 
@@ -122,8 +123,11 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     # A re-scoring at another split or operating point goes beside the run's own report, not over it.
     out_dir = run_dir if default else os.path.join(run_dir, "evaluations", f"{split}-{rule}-{target:g}")
     os.makedirs(out_dir, exist_ok=True)
-    report.write_report(out_dir, rows, f"{cfg.name}: {label} on {os.path.basename(os.path.dirname(cfg.data.cohort))}", notes,
-                        split)
+    leak = run_leak_warning(cfg, splits.meta)
+    if leak:
+        print(f"warning: {leak}", file=sys.stderr)
+    report.write_report(out_dir, rows, f"{cfg.name}: {label} on {os.path.basename(os.path.dirname(cfg.data.cohort))}",
+                        notes, split, warnings=[leak] if leak else [])
     plots.plot_correct_counts(history, os.path.join(run_dir, "correct_counts.png"), split="test", nash_threshold=cfg.eval.nash_threshold)
     plots.plot_losses(history, os.path.join(run_dir, "losses.png"))
     plots.plot_roc_pr(curves, os.path.join(out_dir, f"roc_pr_{split}.png"))

@@ -141,12 +141,14 @@ def _count_keys(split: str) -> tuple[str, ...]:
     return tuple(k.replace("test_", f"{split}_") for k in _COUNT_KEYS)
 
 
-def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test") -> str:
+def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
+              warnings: Sequence[str] = ()) -> str:
     targets = {round(100 * float(r.get("spec_target", 0.9))) for r in rows}
     spec = f"{targets.pop()}" if len(targets) == 1 else "?"
     headers = ["Model", "#train minor", "#train major", f"#{split} minor", f"#{split} major", "ratio",
                "operating point"] + [h.format(spec=spec) for _, h in _MD_METRICS]
-    lines = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = [f"# {title}", ""] + [f"**Warning: {w}**\n" for w in warnings]
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
         op = r["operating_point"] if r["operating_point"] == "constant" \
             else f"{r['operating_point']} (t={r['threshold']:.3g})"
@@ -189,7 +191,8 @@ def _write_atomic(path: str, text: str) -> None:
         raise
 
 
-def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test") -> None:
+def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
+                 warnings: Sequence[str] = ()) -> None:
     """Write report.md, report.csv and report.json into ``run_dir``, each atomically.
 
     Args:
@@ -198,12 +201,14 @@ def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Seque
         title: heading of report.md and "title" of report.json.
         notes: caveats shown under the table and stored in report.json.
         split: the split the rows were measured on; its name labels the count columns.
+        warnings: problems that change how to read every number (e.g. pretraining leakage): shown under
+            the title of report.md and stored as report.json's "warnings".
     """
     os.makedirs(run_dir, exist_ok=True)
     names = dict(zip(_COUNT_KEYS, _count_keys(split)))
     rows = [{names.get(k, k): v for k, v in r.items()} for r in rows]
-    _write_atomic(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes, split))
+    _write_atomic(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes, split, warnings))
     _write_atomic(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
-    payload = {"title": title, "split": split, "rows": rows, "notes": list(notes)}
+    payload = {"title": title, "split": split, "warnings": list(warnings), "rows": rows, "notes": list(notes)}
     _write_atomic(os.path.join(run_dir, "report.json"),
                   json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

@@ -26,6 +26,7 @@ from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, write_ta
 from egan_med.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
 from egan_med.scoring import autocast, score_loader
 from egan_med.splits import CohortSplits, load_splits
+from egan_med.xrv import run_leak_warning
 from egan_med.models import (Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, WeightsError,
                              count_parameters)
 from egan_med.feature_cache import trunk_cache
@@ -297,6 +298,9 @@ def _print_summary(cfg: Config, splits: CohortSplits, nets: dict) -> None:
     for k, n in nets.items():
         total, trainable = count_parameters(n)
         print(f"  {k}: {total:,} parameters, {trainable:,} trainable", file=sys.stderr)
+    leak = run_leak_warning(cfg, splits.meta)
+    if leak:
+        print(f"warning: {leak}", file=sys.stderr)
 
 
 def dry_run(cfg: Config) -> None:
