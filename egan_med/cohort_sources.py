@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from egan_med.io import file_hash
 from egan_med.cohort_options import SPLITS, CohortError, CohortOptions, check_paths_inside, stage
 
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
@@ -71,8 +72,7 @@ def _require_file(path: str) -> str:
 
 
 def _sha256(path: str) -> str:
-    with open(_require_file(path), "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_hash(_require_file(path))
 
 
 def _read_csv(path, name: str = "", **kwargs) -> pd.DataFrame:

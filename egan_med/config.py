@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from egan_med.io import write_text
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the fix."""
@@ -324,7 +326,4 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config as YAML, atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -25,6 +24,8 @@ import warnings
 
 import numpy as np
 import torch
+
+from egan_med.io import atomic_path, file_hash, write_json
 
 ONNX_OPSET = 17
 TOLERANCE = 1e-4  # max |logit difference| accepted by the self-check
@@ -51,11 +52,6 @@ def onnx_logits(session, images: np.ndarray | torch.Tensor) -> np.ndarray:
     """Logits of a (N, C, S, S) float batch in [0, 1] from an onnxruntime session."""
     x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
-
-
-def _sha256(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @contextlib.contextmanager
@@ -100,19 +96,17 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
     c, s = cfg.data.channels, cfg.data.image_size
     example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     ts_path, onnx_path = os.path.join(out_dir, "discriminator.ts.pt"), os.path.join(out_dir, "discriminator.onnx")
-    with _quiet_export(), torch.no_grad():
-        torch.jit.trace(net, example).save(ts_path + ".tmp")
+    with _quiet_export(), torch.no_grad(), atomic_path(ts_path) as ts_tmp, atomic_path(onnx_path) as onnx_tmp:
+        torch.jit.trace(net, example).save(ts_tmp)
         # The dynamo exporter (torch's default since 2.9) needs onnxscript, which is not a dependency here;
         # the legacy TorchScript-based exporter handles this network with the batch axis left dynamic.
-        torch.onnx.export(net, (example,), onnx_path + ".tmp", input_names=["image"], output_names=["logit"],
+        torch.onnx.export(net, (example,), onnx_tmp, input_names=["image"], output_names=["logit"],
                           dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}}, opset_version=ONNX_OPSET,
                           dynamo=False)
-    os.replace(ts_path + ".tmp", ts_path)
-    os.replace(onnx_path + ".tmp", onnx_path)
 
     info = {
         "run": os.path.abspath(run_dir), "checkpoint_epoch": int(state["epoch"]),
-        "checkpoint_sha256": _sha256(os.path.join(run_dir, "checkpoints", "best.pt")),
+        "checkpoint_sha256": file_hash(os.path.join(run_dir, "checkpoints", "best.pt")),
         "torchscript": os.path.basename(ts_path), "onnx": os.path.basename(onnx_path),
         "onnx_exporter": f"torch.onnx.export(dynamo=False), opset {ONNX_OPSET}", "torch": torch.__version__,
         "input": {"name": "image", "shape": ["batch", c, s, s], "dtype": "float32", "range": [0.0, 1.0],
@@ -126,9 +120,7 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
             info["operating_point"] = json.load(fh)
     if check:
         info["check"] = _self_check(net, ts_path, onnx_path, torch.rand(5, c, s, s))
-    with open(os.path.join(out_dir, "export.json.tmp"), "w", encoding="utf-8") as fh:
-        json.dump(info, fh, indent=2)
-    os.replace(os.path.join(out_dir, "export.json.tmp"), os.path.join(out_dir, "export.json"))
+    write_json(os.path.join(out_dir, "export.json"), info, indent=2)
     return info
 
 

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
-import math
 import os
 from importlib import metadata
 
@@ -14,6 +12,7 @@ import yaml
 
 from egan_med import metrics, xrv
 from egan_med.config import Config, config_from_dict
+from egan_med.io import file_hash, fmt_interval, write_text
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHOWN = (("precision", "Precision"), ("recall", "Recall"), ("specificity", "Specificity"), ("f1", "F1"),
@@ -31,9 +30,6 @@ LIMITS = """\
   threshold-free AUROC/AUPRC and the trivial rows in report.md before trusting any F1 from this model."""
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _version(dist: str) -> str:
@@ -66,7 +62,7 @@ def weights_source(backbone: str, weights: str) -> str:
 
         url = torchvision.models.get_model_weights(backbone).IMAGENET1K_V1.url
         return f"ImageNet, torchvision IMAGENET1K_V1 ({os.path.basename(url)}, via the torch hub cache)"
-    digest = f"SHA-256 {_sha256(weights)}" if os.path.isfile(weights) else "file no longer present"
+    digest = f"SHA-256 {file_hash(weights)}" if os.path.isfile(weights) else "file no longer present"
     return f"state dict file {weights} ({digest})"
 
 
@@ -106,12 +102,7 @@ def _data_section(cfg: Config) -> list[str]:
 
 
 def _fmt(row: dict, key: str) -> str:
-    v, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return f"{v:.3f}"
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+    return fmt_interval(row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi"), digits=3)
 
 
 def _read_json(path: str) -> dict:
@@ -189,7 +180,7 @@ def render(run_dir: str, val_scores: tuple[np.ndarray, np.ndarray] | None = None
     lines += [f"- Trainable top units: {'paper mapping' if m.trainable_blocks < 0 else m.trainable_blocks}; "
               f"train BatchNorm: {m.train_bn}"]
     if os.path.isfile(best):
-        lines.append(f"- Trained weights: `checkpoints/best.pt`, SHA-256 `{_sha256(best)}`")
+        lines.append(f"- Trained weights: `checkpoints/best.pt`, SHA-256 `{file_hash(best)}`")
     lines += ["", "## Operating point", ""]
     if op:
         lines += [f"- Rule: {op.get('rule')} target {op.get('target')}, chosen on the {op.get('chosen_on')} split; "
@@ -214,7 +205,5 @@ def write_model_card(run_dir: str, val_scores: tuple[np.ndarray, np.ndarray] | N
         The path of the card.
     """
     path = os.path.join(run_dir, "MODEL_CARD.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(render(run_dir, val_scores))
-    os.replace(path + ".tmp", path)
+    write_text(path, render(run_dir, val_scores))
     return path

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from egan_med.io import fmt_interval, write_text
 from egan_med.metrics import METRIC_NAMES, binary_metrics
 
 _COUNT_KEYS = ("train_minority", "train_majority", "test_minority", "test_majority")
@@ -124,14 +124,6 @@ def trivial_rows(y_test, counts: Mapping[str, int], spec_target: float = 0.9) ->
     return rows
 
 
-def _fmt(value: float, lo: float = math.nan, hi: float = math.nan) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if math.isnan(lo) or math.isnan(hi):
-        return f"{value:.2f}"
-    return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
-
-
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -153,7 +145,7 @@ def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: 
         op = r["operating_point"] if r["operating_point"] == "constant" \
             else f"{r['operating_point']} (t={r['threshold']:.3g})"
         cells = [r["model"], *(r[k] for k in _count_keys(split)), r["ratio"], op]
-        cells += [_fmt(r[k], r.get(f"{k}_lo", math.nan), r.get(f"{k}_hi", math.nan)) for k, _ in _MD_METRICS]
+        cells += [fmt_interval(r[k], r.get(f"{k}_lo"), r.get(f"{k}_hi")) for k, _ in _MD_METRICS]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines += ["", "Predicted minority when the minority score s = -logit exceeds t. In brackets: "
               "percentile bootstrap interval, resampled within each class.", ""]
@@ -178,19 +170,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
                  warnings: Sequence[str] = ()) -> None:
     """Write report.md, report.csv and report.json into ``run_dir``, each atomically.
@@ -207,8 +186,8 @@ def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Seque
     os.makedirs(run_dir, exist_ok=True)
     names = dict(zip(_COUNT_KEYS, _count_keys(split)))
     rows = [{names.get(k, k): v for k, v in r.items()} for r in rows]
-    _write_atomic(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes, split, warnings))
-    _write_atomic(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
+    write_text(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes, split, warnings))
+    write_text(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
     payload = {"title": title, "split": split, "warnings": list(warnings), "rows": rows, "notes": list(notes)}
-    _write_atomic(os.path.join(run_dir, "report.json"),
+    write_text(os.path.join(run_dir, "report.json"),
                   json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from egan_med.io import fmt_bounds
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --quick: one fold and seed per experiment, one short epoch; enough to see the whole pipeline work.
@@ -249,13 +251,11 @@ def aggregate(grid: dict[str, Any], runs: list[Run], out: str):
 
 
 def _fmt(row: Any, m: str) -> str:
-    import math
-
     v, sd, lo, hi = row[m], row[f"{m}_sd"], row[f"{m}_lo"], row[f"{m}_hi"]
     if v != v:
         return "–"
     text = f"{v:.3f}" + (f" ± {sd:.3f}" if sd == sd else "")
-    return text + (f" [{lo:.2f}, {hi:.2f}]" if not (math.isnan(lo) or math.isnan(hi)) else "")
+    return text + fmt_bounds(lo, hi)
 
 
 def markdown_table(result, grid_name: str) -> str:
