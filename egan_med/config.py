@@ -60,6 +60,26 @@ class ModelConfig:
     spectral_norm: bool = False  # spectral normalisation on D's head
     knn_k: int = 5  # neighbours averaged by the kNN one-class baseline
 
+    def roles(self) -> tuple[str, ...]:
+        """The pretrained networks this kind uses: D (the scorer / classifier), and E for eGAN."""
+        return ("discriminator", "encoder") if self.kind == "egan" else ("discriminator",)
+
+    def weights_key(self, role: str) -> str:
+        """The config key that decides ``role``'s starting weights: its override when set, else model.weights.
+
+        Args:
+            role: ``encoder`` or ``discriminator``.
+
+        Returns:
+            ``model.encoder_weights``, ``model.discriminator_weights`` or ``model.weights``.
+        """
+        override = f"{role}_weights"
+        return f"model.{override}" if getattr(self, override) else "model.weights"
+
+    def weights_for(self, role: str) -> str:
+        """``role``'s starting weights: ``imagenet``, ``none``, a torchxrayvision weight set or a file."""
+        return getattr(self, self.weights_key(role).removeprefix("model."))
+
 
 @dataclass
 class TrainConfig:
@@ -114,10 +134,13 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# Model kinds and the row labels reports, model cards and study tables give them.
+KIND_LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class"}
+
 _CHOICES = {
     "data.kind": ("radiograph", "natural"),
     "data.on_bad_image": ("fail", "skip"),
-    "model.kind": ("egan", "supervised", "knn"),
+    "model.kind": tuple(KIND_LABELS),
     "eval.select": ("val_auroc", "val_f1", "nash"),
     "eval.operating_point": ("logit0", "sensitivity", "specificity"),
 }
@@ -226,11 +249,8 @@ def _check_xrv(cfg: Config, need) -> None:
     from egan_med import xrv
 
     m = cfg.model
-    networks = [("discriminator", m.discriminator, "model.discriminator_weights" if m.discriminator_weights else "model.weights")]
-    if m.kind == "egan":
-        networks.append(("encoder", m.encoder, "model.encoder_weights" if m.encoder_weights else "model.weights"))
-    for role, backbone, key in networks:
-        weights = _get(cfg, key)
+    for role in m.roles():
+        backbone, key, weights = getattr(m, role), m.weights_key(role), m.weights_for(role)
         if backbone == xrv.XRV_BACKBONE:
             need(xrv.installed(), f"model.{role}", "needs torchxrayvision: pip install 'egan_med[xrv]'")
             need(weights != "imagenet", key, f"{backbone} has no ImageNet weights; use one of "

@@ -18,13 +18,10 @@ import torch
 
 from egan_med import metrics, model_card, plots, report, selection
 from egan_med.checkpoint import CheckpointError, load_checkpoint
-from egan_med.config import Config, ConfigError, config_from_dict
+from egan_med.config import KIND_LABELS, Config, ConfigError, config_from_dict
 from egan_med.scoring import score_loader
 from egan_med.splits import CohortSplits, load_splits
 from egan_med.xrv import run_leak_warning
-
-LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class"}
-
 
 def _eval_loaders(cfg: Config, splits: CohortSplits, names: tuple[str, ...]) -> dict:
     from egan_med import data as dl
@@ -90,7 +87,7 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
         net, loaders[split], dev, cfg.train.amp, progress=f"scoring {split}")
     rule, target = _operating_point(cfg, sensitivity, specificity, threshold)
     thr = threshold if rule == "fixed" else metrics.operating_threshold(rule, y_val, -logit_val, target)
-    label = LABELS[cfg.model.kind]
+    label = KIND_LABELS[cfg.model.kind]
     rows = [_row(label, counts, rule, target, thr, y_rep, -logit_rep, cfg, chosen.reason, cfg.train.seed)]
     curves = {label: (y_rep, -logit_rep, thr)}
     np.savez(os.path.join(run_dir, f"scores_{split}.npz"), y=y_rep, logit=logit_rep)
@@ -144,8 +141,7 @@ def _knn_row(cfg: Config, splits: CohortSplits, counts: dict, split: str, dev, c
     from egan_med import data as dl
     from egan_med.models.knn import KNNOneClass
 
-    weights = cfg.model.discriminator_weights or cfg.model.weights
-    knn = KNNOneClass(cfg.model.discriminator, weights, cfg.model.knn_k, dev)
+    knn = KNNOneClass(cfg.model.discriminator, cfg.model.weights_for("discriminator"), cfg.model.knn_k, dev)
     major = dl.make_loader(dl.make_dataset(splits.train_majority, splits.root, cfg.data, train=False), 256, False, cfg.data.num_workers, 0)
     knn.fit(major)
     loaders = _eval_loaders(cfg, splits, ("val", split) if split != "val" else ("val",))
@@ -154,8 +150,8 @@ def _knn_row(cfg: Config, splits: CohortSplits, counts: dict, split: str, dev, c
     # A distance has no natural zero: logit0 falls back to the configured specificity on val.
     rule = "specificity" if cfg.eval.operating_point == "logit0" else cfg.eval.operating_point
     thr = metrics.operating_threshold(rule, y_val, s_val, cfg.eval.target)
-    curves[LABELS["knn"]] = (y_rep, s_rep, thr)
-    return _row(LABELS["knn"], counts, rule, cfg.eval.target, thr, y_rep, s_rep, cfg, "no training; k-NN on frozen features", cfg.train.seed)
+    curves[KIND_LABELS["knn"]] = (y_rep, s_rep, thr)
+    return _row(KIND_LABELS["knn"], counts, rule, cfg.eval.target, thr, y_rep, s_rep, cfg, "no training; k-NN on frozen features", cfg.train.seed)
 
 
 def _log_hparams(run_dir: str, cfg: Config, row: dict) -> None:

@@ -182,7 +182,7 @@ def _metadata(run_dir: str, cfg, op: dict, splits) -> dict:
     optional = {"egan_med": version("egan_med"), "pydicom": version("pydicom"), "pillow": version("pillow")}
     if xrv.XRV_BACKBONE in (cfg.model.encoder, cfg.model.discriminator):
         optional["torchxrayvision"] = version("torchxrayvision")
-    w = cfg.model.discriminator_weights or cfg.model.weights
+    w = cfg.model.weights_for("discriminator")
     return {
         "schema": META_SCHEMA,
         "version": BUNDLE_VERSION,

@@ -11,7 +11,7 @@ import pandas as pd
 import yaml
 
 from egan_med import metrics, xrv
-from egan_med.config import Config, config_from_dict
+from egan_med.config import KIND_LABELS, Config, config_from_dict
 from egan_med.io import file_hash, fmt_interval, write_text
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,7 +140,7 @@ def _metrics_section(run_dir: str, cfg: Config, op: dict, val_scores) -> list[st
     lines = ["## Metrics", "", "95% stratified bootstrap intervals in brackets.", "", head,
              "|---" * (len(_SHOWN) + 3) + "|"]
     val, rule, how = _validation_row(run_dir, cfg, op, val_scores)
-    label = {"egan": "eGAN", "supervised": "supervised baseline"}.get(cfg.model.kind, cfg.model.kind)
+    label = KIND_LABELS.get(cfg.model.kind, cfg.model.kind)
     if val is not None:
         lines.append(f"| val | {label} | {rule} | " + " | ".join(_fmt(val, k) for k, _ in _SHOWN) + " |")
     report_path = os.path.join(run_dir, "report.json")
@@ -165,9 +165,7 @@ def render(run_dir: str, val_scores: tuple[np.ndarray, np.ndarray] | None = None
     best = os.path.join(run_dir, "checkpoints", "best.pt")
     m = cfg.model
     scorer_role = "scoring network (D)" if m.kind == "egan" else "classifier"
-    nets = [(scorer_role, m.discriminator, m.discriminator_weights or m.weights)]
-    if m.kind == "egan":
-        nets.append(("encoder (E)", m.encoder, m.encoder_weights or m.weights))
+    nets = [(scorer_role if r == "discriminator" else "encoder (E)", getattr(m, r), m.weights_for(r)) for r in m.roles()]
     lines = [f"# Model card: {cfg.name}", "",
              f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by egan_med {_version('egan_med')} "
              f"(torch {_version('torch')}, MONAI {_version('monai')}) from run `{os.path.abspath(run_dir)}`.", "",

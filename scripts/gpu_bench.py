@@ -14,7 +14,6 @@ proposed change). Images/s counts majority images, as train.py's train_images_pe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ import torchvision
 
 from egan_med.config import ModelConfig  # noqa: E402
 from egan_med.feature_cache import trunk_cache  # noqa: E402
+from egan_med.scoring import autocast  # noqa: E402
 from egan_med.models import Discriminator, Encoder, EncoderGenerator, Generator, ScorePair  # noqa: E402
 
 VARIANTS = ("naive", "feature_cache", "feature_cache+minority_trunk")
@@ -52,10 +52,6 @@ class Clock:
         for _ in range(calls):
             fn()
         return (time.perf_counter() - t) / calls
-
-
-def autocast(device: torch.device, on: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
 def layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

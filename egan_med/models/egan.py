@@ -15,17 +15,12 @@ from egan_med.config import ModelConfig
 from egan_med.models.backbones import Backbone
 
 
-def _weights(cfg: ModelConfig, which: str) -> str:
-    override = cfg.encoder_weights if which == "encoder" else cfg.discriminator_weights
-    return override or cfg.weights
-
-
 class Encoder(nn.Module):
     """Maps minority images to the 128-d latent code."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.backbone = Backbone(cfg.encoder, _weights(cfg, "encoder"), cfg.trainable_blocks, cfg.train_bn)
+        self.backbone = Backbone(cfg.encoder, cfg.weights_for("encoder"), cfg.trainable_blocks, cfg.train_bn)
         self.fc = nn.Linear(self.backbone.out_channels, cfg.latent_dim)
 
     def forward(self, x: torch.Tensor, from_trunk: bool = False) -> torch.Tensor:
@@ -57,7 +52,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: ModelConfig, load_weights: bool = True):
         super().__init__()
-        self.backbone = Backbone(cfg.discriminator, _weights(cfg, "discriminator"), cfg.trainable_blocks, cfg.train_bn,
+        self.backbone = Backbone(cfg.discriminator, cfg.weights_for("discriminator"), cfg.trainable_blocks, cfg.train_bn,
                                  load=load_weights)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(self.backbone.out_channels, 1)
