@@ -13,6 +13,11 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+# What the image reader decodes: Pillow's formats and DICOM. One list for the cohort builder's folder source,
+# predict's folder listing and the reader's dispatch (suffix-less DICOMs are recognised by their marker).
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", *DICOM_SUFFIXES)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str, fsync: bool = False, tmp: str | None = None) -> Iterator[str]:

@@ -16,13 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import torch
+from pydicom.misc import is_dicom
 from tqdm import tqdm
 
 from egan_med.config import Config
+from egan_med.io import IMAGE_SUFFIXES
 from egan_med.rundir import write_table_atomic
 from egan_med.scoring import autocast, cpu_speedups
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
 
 
 class PredictError(ValueError):
@@ -55,8 +56,7 @@ def _is_image(path: str) -> bool:
     if os.path.splitext(path)[1]:
         return path.lower().endswith(IMAGE_SUFFIXES)
     try:
-        with open(path, "rb") as fh:
-            return fh.seek(128) == 128 and fh.read(4) == b"DICM"
+        return is_dicom(path)
     except OSError:
         return False
 

@@ -18,9 +18,11 @@ import pydicom
 from monai.data import PILReader, PydicomReader
 from monai.transforms import LoadImage
 from PIL import Image
+from pydicom.misc import is_dicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+from egan_med.io import DICOM_SUFFIXES
+
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 
 
@@ -139,9 +141,7 @@ def _loader(kind: str) -> LoadImage:
 def _is_dicom(path: str) -> bool:
     if path.lower().endswith(DICOM_SUFFIXES):
         return True
-    with open(path, "rb") as fh:  # DICOM Part 10 files carry "DICM" after a 128-byte preamble
-        fh.seek(128)
-        return fh.read(4) == b"DICM"
+    return is_dicom(path)  # DICOM Part 10 files carry "DICM" after a 128-byte preamble
 
 
 def _npz_entry(address: str) -> np.ndarray:
