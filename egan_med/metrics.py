@@ -15,7 +15,11 @@ Empty inputs, labels other than 0/1, mismatched lengths and non-finite scores ra
 """
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -29,10 +33,6 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-# Metrics that get a bootstrap interval, in report order.
-METRIC_NAMES = (
-    "precision", "recall", "specificity", "f1", "balanced_accuracy", "auroc", "auprc", "sens_at_spec",
-)
 _EPS = 1e-9  # float slack so that e.g. 0.9 * 1000 counts as exactly 900
 
 
@@ -53,6 +53,150 @@ def _max_false_positives(n_majority: int, spec_target: float) -> int:
     return int(math.floor(n_majority * (1.0 - spec_target) + _EPS))
 
 
+@dataclass
+class Split:
+    """One model's scores on one split at one threshold: what a metric's ``point`` function reads."""
+
+    y: np.ndarray
+    s: np.ndarray
+    pred: np.ndarray
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    spec_target: float
+
+    @property
+    def n_min(self) -> int:
+        return self.tp + self.fn
+
+    @property
+    def n_maj(self) -> int:
+        return self.tn + self.fp
+
+    @property
+    def both(self) -> bool:
+        return self.n_min > 0 and self.n_maj > 0
+
+
+class Resamples:
+    """B bootstrap resamples, (B, n_minority) and (B, n_majority) scores: what a metric's ``batch`` reads.
+
+    Counts and the tie-aware ranking are computed once, on first use, and shared by every metric; the
+    definitions match binary_metrics (ties included), in numpy so that a thousand resamples cost one sort.
+    """
+
+    def __init__(self, s_min: np.ndarray, s_maj: np.ndarray, threshold: float, spec_target: float):
+        self.s_min, self.s_maj, self.threshold, self.spec_target = s_min, s_maj, threshold, spec_target
+        self.n_min, self.n_maj = s_min.shape[1], s_maj.shape[1]
+        self.tp = (s_min > threshold).sum(1)
+        self.fp = (s_maj > threshold).sum(1)
+
+    @functools.cached_property
+    def ranking(self) -> dict[str, np.ndarray]:
+        """Scores sorted high to low per resample, with cumulative counts and tie-group boundaries."""
+        ss = np.concatenate([self.s_min, self.s_maj], axis=1)
+        order = np.argsort(-ss, axis=1, kind="stable")
+        s_sorted = np.take_along_axis(ss, order, axis=1)
+        y_sorted = (order < self.n_min).astype(np.int64)
+        tp_cum = np.cumsum(y_sorted, axis=1)
+        fp_cum = np.cumsum(1 - y_sorted, axis=1)
+        pos = np.arange(ss.shape[1])
+        # Tied scores form one group; every item takes the counts at its group's end (all ties in).
+        is_end = np.ones_like(s_sorted, dtype=bool)
+        is_end[:, :-1] = s_sorted[:, :-1] != s_sorted[:, 1:]
+        end_idx = np.minimum.accumulate(np.where(is_end, pos, pos[-1])[:, ::-1], axis=1)[:, ::-1]
+        is_start = np.ones_like(is_end)
+        is_start[:, 1:] = is_end[:, :-1]
+        start_idx = np.maximum.accumulate(np.where(is_start, pos, 0), axis=1)
+        return {"y": y_sorted, "tp_cum": tp_cum, "fp_cum": fp_cum, "pos": pos, "is_end": is_end,
+                "end_idx": end_idx, "start_idx": start_idx}
+
+    def recall(self) -> np.ndarray:
+        return self.tp / self.n_min
+
+    def specificity(self) -> np.ndarray:
+        return (self.n_maj - self.fp) / self.n_maj
+
+
+def _nan_unless(ok: bool, value: Callable[[], Any]) -> float:
+    return float(value()) if ok else float("nan")
+
+
+def _auroc_batch(r: Resamples) -> np.ndarray:
+    k = r.ranking
+    fp_end = np.take_along_axis(k["fp_cum"], k["end_idx"], axis=1)
+    fp_before = np.take_along_axis(k["fp_cum"] - (1 - k["y"]), k["start_idx"], axis=1)
+    # Mann-Whitney with ties counted one half: majority below + half of those tied.
+    return ((r.n_maj - 0.5 * (fp_end + fp_before)) * k["y"]).sum(1) / (r.n_min * r.n_maj)
+
+
+def _auprc_batch(r: Resamples) -> np.ndarray:
+    k = r.ranking
+    prec_end = np.take_along_axis(k["tp_cum"] / (k["pos"] + 1), k["end_idx"], axis=1)
+    return (prec_end * k["y"]).sum(1) / r.n_min
+
+
+def _sens_at_spec_point(p: Split) -> float:
+    if not p.both:
+        return float("nan")
+    # drop_intermediate=False keeps every distinct cut, so no reachable point is lost.
+    fpr, tpr, _ = roc_curve(p.y, p.s, drop_intermediate=False)
+    ok = np.rint(fpr * p.n_maj) <= _max_false_positives(p.n_maj, p.spec_target)
+    return float(tpr[ok].max())  # (0, 0) at threshold +inf is always ok
+
+
+def _sens_at_spec_batch(r: Resamples) -> np.ndarray:
+    k = r.ranking
+    ok = k["is_end"] & (k["fp_cum"] <= _max_false_positives(r.n_maj, r.spec_target))
+    return np.where(ok, k["tp_cum"], 0).max(1) / r.n_min
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric, declared once; the epoch log, bootstrap, report, model card and study tables read this.
+
+    Attributes:
+        name: column name (``val_<name>``, ``test_<name>``, ``<name>_lo`` ...).
+        label: display label; ``{spec}`` is replaced by the specificity target in percent.
+        point: value on one split (a Split); NaN when undefined.
+        batch: values on B resamples (a Resamples), the same definition vectorised.
+        higher_is_better: direction, for anything that ranks runs by it.
+        in_report: a column of report.md's table.
+        in_card: a column of the model card's table (which states no specificity target).
+    """
+
+    name: str
+    label: str
+    point: Callable[[Split], float]
+    batch: Callable[[Resamples], np.ndarray]
+    higher_is_better: bool = True
+    in_report: bool = True
+    in_card: bool = True
+
+
+# Every metric, in report order. Add one here and it is logged per epoch, bootstrapped, reported and tabled.
+METRICS: tuple[Metric, ...] = (
+    Metric("precision", "Precision", lambda p: float(precision_score(p.y, p.pred, zero_division=0)),
+           lambda r: np.where(r.tp + r.fp > 0, r.tp / np.maximum(r.tp + r.fp, 1), 0.0)),
+    Metric("recall", "Recall", lambda p: _nan_unless(p.n_min > 0, lambda: recall_score(p.y, p.pred, zero_division=np.nan)),
+           Resamples.recall),
+    Metric("specificity", "Specificity",
+           lambda p: _nan_unless(p.n_maj > 0, lambda: recall_score(p.y, p.pred, pos_label=0, zero_division=np.nan)),
+           Resamples.specificity),
+    Metric("f1", "F1", lambda p: _nan_unless(p.n_min > 0, lambda: f1_score(p.y, p.pred, zero_division=0)),
+           lambda r: 2 * r.tp / (2 * r.tp + r.fp + (r.n_min - r.tp))),
+    Metric("balanced_accuracy", "Balanced accuracy",
+           lambda p: _nan_unless(p.both, lambda: balanced_accuracy_score(p.y, p.pred)),
+           lambda r: (r.recall() + r.specificity()) / 2, in_report=False, in_card=False),
+    Metric("auroc", "AUROC", lambda p: _nan_unless(p.both, lambda: roc_auc_score(p.y, p.s)), _auroc_batch),
+    Metric("auprc", "AUPRC", lambda p: _nan_unless(p.both, lambda: average_precision_score(p.y, p.s)), _auprc_batch),
+    Metric("sens_at_spec", "Sens@{spec}%Spec", _sens_at_spec_point, _sens_at_spec_batch, in_card=False),
+)
+METRIC_NAMES = tuple(m.name for m in METRICS)  # every metric gets a bootstrap interval
+COUNT_NAMES = ("correct_minority", "correct_majority", "n_minority", "n_majority")
+
+
 def binary_metrics(y, s, threshold: float = 0.0, spec_target: float = 0.9) -> dict:
     """Threshold and threshold-free metrics of one model on one split.
 
@@ -63,77 +207,23 @@ def binary_metrics(y, s, threshold: float = 0.0, spec_target: float = 0.9) -> di
         spec_target: the specificity at which ``sens_at_spec`` is read off the ROC curve.
 
     Returns:
-        dict with tp, fp, tn, fn, precision, recall (sensitivity), specificity, f1,
-        balanced_accuracy, auroc, auprc, sens_at_spec, correct_minority (= tp),
-        correct_majority (= tn), n_minority, n_majority, threshold, spec_target.
+        dict with tp, fp, tn, fn, every METRICS entry (precision, recall (sensitivity), specificity, f1,
+        balanced_accuracy, auroc, auprc, sens_at_spec), correct_minority (= tp), correct_majority (= tn),
+        n_minority, n_majority, threshold, spec_target.
     """
     y, s = _check(y, s)
     pred = (s > threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
-    n_min, n_maj = tp + fn, tn + fp
-    both = n_min > 0 and n_maj > 0
-    nan = float("nan")
-    out = {
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=np.nan)) if n_min else nan,
-        "specificity": float(recall_score(y, pred, pos_label=0, zero_division=np.nan)) if n_maj else nan,
-        "f1": float(f1_score(y, pred, zero_division=0)) if n_min else nan,
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if both else nan,
-        "auroc": float(roc_auc_score(y, s)) if both else nan,
-        "auprc": float(average_precision_score(y, s)) if both else nan,
-        "sens_at_spec": nan,
-        "correct_minority": tp, "correct_majority": tn, "n_minority": n_min, "n_majority": n_maj,
-        "threshold": float(threshold), "spec_target": float(spec_target),
-    }
-    if both:
-        # drop_intermediate=False keeps every distinct cut, so no reachable point is lost.
-        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
-        ok = np.rint(fpr * n_maj) <= _max_false_positives(n_maj, spec_target)
-        out["sens_at_spec"] = float(tpr[ok].max())  # (0, 0) at threshold +inf is always ok
-    return out
+    split = Split(y, s, pred, tp, fp, tn, fn, spec_target)
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, **{m.name: m.point(split) for m in METRICS},
+            "correct_minority": tp, "correct_majority": tn, "n_minority": split.n_min, "n_majority": split.n_maj,
+            "threshold": float(threshold), "spec_target": float(spec_target)}
 
 
 def _batch_metrics(s_min: np.ndarray, s_maj: np.ndarray, threshold: float, spec_target: float) -> dict:
-    """METRIC_NAMES for each row of (B, n_minority) and (B, n_majority) score arrays.
-
-    Same definitions as binary_metrics (ties included), in numpy so that a thousand
-    resamples cost one sort; tests check it against scikit-learn.
-    """
-    n_min, n_maj = s_min.shape[1], s_maj.shape[1]
-    tp = (s_min > threshold).sum(1)
-    fp = (s_maj > threshold).sum(1)
-    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
-    recall, specificity = tp / n_min, (n_maj - fp) / n_maj
-    f1 = 2 * tp / (2 * tp + fp + (n_min - tp))
-
-    ss = np.concatenate([s_min, s_maj], axis=1)
-    order = np.argsort(-ss, axis=1, kind="stable")
-    s_sorted = np.take_along_axis(ss, order, axis=1)
-    y_sorted = (order < n_min).astype(np.int64)
-    tp_cum = np.cumsum(y_sorted, axis=1)
-    fp_cum = np.cumsum(1 - y_sorted, axis=1)
-    pos = np.arange(ss.shape[1])
-    # Tied scores form one group; every item takes the counts at its group's end (all ties in).
-    is_end = np.ones_like(s_sorted, dtype=bool)
-    is_end[:, :-1] = s_sorted[:, :-1] != s_sorted[:, 1:]
-    end_idx = np.minimum.accumulate(np.where(is_end, pos, pos[-1])[:, ::-1], axis=1)[:, ::-1]
-    is_start = np.ones_like(is_end)
-    is_start[:, 1:] = is_end[:, :-1]
-    start_idx = np.maximum.accumulate(np.where(is_start, pos, 0), axis=1)
-    fp_end = np.take_along_axis(fp_cum, end_idx, axis=1)
-    fp_before = np.take_along_axis(fp_cum - (1 - y_sorted), start_idx, axis=1)
-    # Mann-Whitney with ties counted one half: majority below + half of those tied.
-    auroc = ((n_maj - 0.5 * (fp_end + fp_before)) * y_sorted).sum(1) / (n_min * n_maj)
-    prec_end = np.take_along_axis(tp_cum / (pos + 1), end_idx, axis=1)
-    auprc = (prec_end * y_sorted).sum(1) / n_min
-    ok = is_end & (fp_cum <= _max_false_positives(n_maj, spec_target))
-    sens_at_spec = np.where(ok, tp_cum, 0).max(1) / n_min
-    return {
-        "precision": precision, "recall": recall, "specificity": specificity, "f1": f1,
-        "balanced_accuracy": (recall + specificity) / 2, "auroc": auroc, "auprc": auprc,
-        "sens_at_spec": sens_at_spec,
-    }
+    """Every METRICS entry for each row of (B, n_minority) and (B, n_majority) score arrays."""
+    r = Resamples(s_min, s_maj, threshold, spec_target)
+    return {m.name: m.batch(r) for m in METRICS}
 
 
 def bootstrap_ci(
@@ -161,10 +251,10 @@ def bootstrap_ci(
         raise ValueError(f"need n >= 1 and 0 < alpha < 1, got n={n}, alpha={alpha}")
     s_min, s_maj = s[y == 1], s[y == 0]
     if s_min.size == 0 or s_maj.size == 0:
-        return {name: (float("nan"), float("nan")) for name in METRIC_NAMES}
+        return {m.name: (float("nan"), float("nan")) for m in METRICS}
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // y.size)  # bound memory to a few tens of MB per chunk
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in METRIC_NAMES}
+    parts: dict[str, list[np.ndarray]] = {m.name: [] for m in METRICS}
     for start in range(0, n, chunk):
         b = min(chunk, n - start)
         i_min = rng.integers(0, s_min.size, size=(b, s_min.size))

@@ -15,8 +15,11 @@ from egan_med.config import KIND_LABELS, Config, config_from_dict
 from egan_med.io import file_hash, fmt_interval, write_text
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SHOWN = (("precision", "Precision"), ("recall", "Recall"), ("specificity", "Specificity"), ("f1", "F1"),
-          ("auroc", "AUROC"), ("auprc", "AUPRC"))
+
+
+def _shown() -> list[tuple[str, str]]:
+    """(name, label) of the card's metric columns, read from the registry at call time."""
+    return [(m.name, m.label) for m in metrics.METRICS if m.in_card]
 
 LIMITS = """\
 - Research software for studying rare-class detection. It is **not a medical device** and must not be used
@@ -129,24 +132,24 @@ def _validation_row(run_dir: str, cfg: Config, op: dict, val_scores) -> tuple[di
     if not (op and os.path.isfile(history)):
         return None, "", "not available"
     at = pd.read_csv(history).set_index("epoch").loc[int(op["epoch"])]
-    row = {k: float(at[f"val_{k}"]) for k, _ in _SHOWN}
+    row = {k: float(at[f"val_{k}"]) for k, _ in _shown()}
     return row, "logit < 0 (training log)", (
         "from training's per-epoch log of the selected epoch (no CIs): AUROC/AUPRC are threshold-free; precision, "
         "recall, specificity and F1 are at the paper's logit < 0 rule, not at the operating point")
 
 
 def _metrics_section(run_dir: str, cfg: Config, op: dict, val_scores) -> list[str]:
-    head = "| split | model | operating point | " + " | ".join(h for _, h in _SHOWN) + " |"
+    head = "| split | model | operating point | " + " | ".join(h for _, h in _shown()) + " |"
     lines = ["## Metrics", "", "95% stratified bootstrap intervals in brackets.", "", head,
-             "|---" * (len(_SHOWN) + 3) + "|"]
+             "|---" * (len(_shown()) + 3) + "|"]
     val, rule, how = _validation_row(run_dir, cfg, op, val_scores)
     label = KIND_LABELS.get(cfg.model.kind, cfg.model.kind)
     if val is not None:
-        lines.append(f"| val | {label} | {rule} | " + " | ".join(_fmt(val, k) for k, _ in _SHOWN) + " |")
+        lines.append(f"| val | {label} | {rule} | " + " | ".join(_fmt(val, k) for k, _ in _shown()) + " |")
     report_path = os.path.join(run_dir, "report.json")
     rows = _read_json(report_path)["rows"] if os.path.isfile(report_path) else []
     for r in rows:
-        cells = " | ".join(_fmt(r, k) for k, _ in _SHOWN)
+        cells = " | ".join(_fmt(r, k) for k, _ in _shown())
         lines.append(f"| test | {r['model']} | {r['operating_point']} | {cells} |")
     lines += ["", f"- Validation: {how}.",
               "- Test: report.json rows; 'optimistic (paper protocol)' picks its epoch on the test split itself."

@@ -9,15 +9,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from egan_med import metrics as registry  # report_row has an argument named metrics
 from egan_med.io import fmt_interval, write_text
-from egan_med.metrics import METRIC_NAMES, binary_metrics
+from egan_med.metrics import binary_metrics
 
 _COUNT_KEYS = ("train_minority", "train_majority", "test_minority", "test_majority")
-# (row key, markdown header) of the paper's Table 6 columns plus the threshold-free ones.
-_MD_METRICS = (
-    ("precision", "Precision"), ("recall", "Recall"), ("specificity", "Specificity"), ("f1", "F1"),
-    ("auroc", "AUROC"), ("auprc", "AUPRC"), ("sens_at_spec", "Sens@{spec}%Spec"),
-)
+
+
+def _md_metrics() -> list[tuple[str, str]]:
+    """(name, label) of report.md's metric columns, read from the registry at call time."""
+    return [(m.name, m.label) for m in registry.METRICS if m.in_report]
 
 
 def _ratio(minority: int, majority: int) -> str:
@@ -58,7 +59,7 @@ def report_row(
         operating_point=operating_point, threshold=float(threshold), selection=selection,
         spec_target=float(metrics.get("spec_target", 0.9)),
     )
-    for name in METRIC_NAMES:
+    for name in registry.METRIC_NAMES:
         row[name] = float(metrics[name])
         lo, hi = ci[name] if ci is not None and name in ci else (math.nan, math.nan)
         row[f"{name}_lo"], row[f"{name}_hi"] = float(lo), float(hi)
@@ -87,18 +88,17 @@ def paper_protocol_rows(history: pd.DataFrame, label: str, counts: Mapping[str, 
     Returns:
         The two report rows.
     """
-    from egan_med.metrics import METRIC_NAMES
     from egan_med.selection import select_epoch_paper_protocol
 
     paper = select_epoch_paper_protocol(history, "test_f1")
     at = history[history.epoch == paper.epoch].iloc[0]
-    m = {k: at.get(f"test_{k}", math.nan) for k in METRIC_NAMES}
+    m = {k: at.get(f"test_{k}", math.nan) for k in registry.METRIC_NAMES}
     m.update(tp=at.test_correct_minority, tn=at.test_correct_majority,
              fn=at.test_n_minority - at.test_correct_minority, fp=at.test_n_majority - at.test_correct_majority)
     why = f"{paper.reason}; one model: every metric from that epoch (the paper's table takes per-metric maxima)"
     rows = [report_row(f"{label}, optimistic (paper protocol)", counts, "logit < 0 (paper)", 0.0, m, None, why)]
     maxima, best = {}, []
-    for k in METRIC_NAMES:
+    for k in registry.METRIC_NAMES:
         col = history.get(f"test_{k}")
         ok = col is not None and col.notna().any()
         maxima[k] = float(col.max()) if ok else math.nan
@@ -138,14 +138,14 @@ def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: 
     targets = {round(100 * float(r.get("spec_target", 0.9))) for r in rows}
     spec = f"{targets.pop()}" if len(targets) == 1 else "?"
     headers = ["Model", "#train minor", "#train major", f"#{split} minor", f"#{split} major", "ratio",
-               "operating point"] + [h.format(spec=spec) for _, h in _MD_METRICS]
+               "operating point"] + [h.format(spec=spec) for _, h in _md_metrics()]
     lines = [f"# {title}", ""] + [f"**Warning: {w}**\n" for w in warnings]
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
         op = r["operating_point"] if r["operating_point"] == "constant" \
             else f"{r['operating_point']} (t={r['threshold']:.3g})"
         cells = [r["model"], *(r[k] for k in _count_keys(split)), r["ratio"], op]
-        cells += [fmt_interval(r[k], r.get(f"{k}_lo"), r.get(f"{k}_hi")) for k, _ in _MD_METRICS]
+        cells += [fmt_interval(r[k], r.get(f"{k}_lo"), r.get(f"{k}_hi")) for k, _ in _md_metrics()]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines += ["", "Predicted minority when the minority score s = -logit exceeds t. In brackets: "
               "percentile bootstrap interval, resampled within each class.", ""]

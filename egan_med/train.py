@@ -44,8 +44,7 @@ def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
 
 def _epoch_metrics(prefix: str, y, logits, nash_threshold: float) -> dict:
     m = metrics.binary_metrics(y, -logits, threshold=0.0)  # the paper's rule: logit < 0 = minority
-    row = {f"{prefix}_{k}": m[k] for k in ("precision", "recall", "specificity", "f1", "balanced_accuracy", "auroc", "auprc", "sens_at_spec",
-                                             "correct_minority", "correct_majority", "n_minority", "n_majority")}
+    row = {f"{prefix}_{k}": m[k] for k in metrics.METRIC_NAMES + metrics.COUNT_NAMES}
     row[f"{prefix}_nash"] = bool(selection.is_nash(m["correct_minority"], m["correct_majority"],
                                                    m["n_minority"] + m["n_majority"], nash_threshold,
                                                    n_minority=m["n_minority"]))

@@ -29,12 +29,13 @@ from typing import Any
 import yaml
 
 from egan_med.io import fmt_bounds
+from egan_med.metrics import METRIC_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --quick: one fold and seed per experiment, one short epoch; enough to see the whole pipeline work.
 QUICK = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=16", "eval.bootstrap=20"]
-METRICS = ("auroc", "sens_at_spec", "auprc", "precision", "recall", "specificity", "f1")
+METRICS = METRIC_NAMES  # every declared metric: mean, sd and averaged CI per experiment
 
 
 class GridError(Exception):
