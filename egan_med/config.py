@@ -136,14 +136,26 @@ class Config:
 
 # Model kinds and the row labels reports, model cards and study tables give them.
 KIND_LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class"}
+# The backbones egan_med.models.backbones.BACKBONES builds (named here so the config is checked without torch;
+# a test keeps the two equal).
+BACKBONE_NAMES = ("densenet121", "vgg16", "vgg19", "resnet101", "efficientnet_b2", "efficientnet_lite0",
+                  "xrv_densenet121")
 
 _CHOICES = {
     "data.kind": ("radiograph", "natural"),
     "data.on_bad_image": ("fail", "skip"),
     "model.kind": tuple(KIND_LABELS),
+    "model.encoder": BACKBONE_NAMES,
+    "model.discriminator": BACKBONE_NAMES,
     "eval.select": ("val_auroc", "val_f1", "nash"),
     "eval.operating_point": ("logit0", "sensitivity", "specificity"),
 }
+
+
+def _closest(value: Any, valid: tuple[str, ...] | list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the valid name closest to ``value``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value), list(valid), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -209,7 +221,7 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{key}={_get(cfg, key)!r}: {why}")
 
     for key, allowed in _CHOICES.items():
-        need(_get(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}")
+        need(_get(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}" + _closest(_get(cfg, key), allowed))
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     need(d.image_size >= 8 and d.image_size % 4 == 0, "data.image_size", "must be a multiple of 4 and at least 8")
     need(d.channels in (1, 3), "data.channels", "must be 1 or 3")
@@ -249,6 +261,13 @@ def _check_xrv(cfg: Config, need) -> None:
     from egan_med import xrv
 
     m = cfg.model
+    names = ("imagenet", "none", *xrv.XRV_WEIGHTS)
+    for key in ("model.weights", "model.encoder_weights", "model.discriminator_weights"):
+        value = _get(cfg, key)
+        # A bare word is a weights name, never a file: catch 'imagnet' here, not after every image is decoded.
+        looks_like_name = value and not os.path.splitext(value)[1] and not any(c in value for c in "/\\")
+        if looks_like_name and value not in names and not os.path.isfile(value):
+            need(False, key, f"must be one of {', '.join(names)} or a state-dict file" + _closest(value, names))
     for role in m.roles():
         backbone, key, weights = getattr(m, role), m.weights_key(role), m.weights_for(role)
         if backbone == xrv.XRV_BACKBONE:
