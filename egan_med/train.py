@@ -16,12 +16,12 @@ import time
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from egan_med.config import Config, ConfigError, load_config
 from egan_med.checkpoint import load_checkpoint, save_checkpoint
+from egan_med.engine.steps import STEPS, StepBatch, StepNets
 from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, write_table_atomic
 from egan_med.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
 from egan_med.scoring import autocast, score_loader
@@ -135,6 +135,8 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
     if t.compile:
         pair_step, g_scorer = torch.compile(pair_step), torch.compile(D)
         eg_step = torch.compile(eg_step) if egan else None
+    step_nets = StepNets(D, pair_step, opt_d, EG, eg_step, g_scorer, opt_g)
+    step_fn = STEPS[cfg.model.kind]
 
     history: list[dict] = []
     start_epoch, ckpt_dir = 0, os.path.join(run_dir, "checkpoints")
@@ -174,6 +176,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
         if loader.generator is not None:
             loader.generator.manual_seed(t.seed * 100003 + epoch)
         x_min = torch.stack([ds_minor[i]["image"] for i in min_rows]).to(dev).contiguous(memory_format=fmt)
+        min_trunk = None
         if egan:
             # E's trunk is frozen and in eval mode: its output on this epoch's minority images is the same every step.
             with torch.no_grad(), autocast(dev, t.amp):
@@ -191,48 +194,7 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
             else:
                 real = batch["image"].to(dev, non_blocking=True).contiguous(memory_format=fmt)
                 n_real = len(real)
-            if egan:
-                # D: real majority -> 1, generated from minority codes -> 0 (semi-supervised: real minority -> 0 too).
-                with autocast(dev, t.amp):
-                    with torch.no_grad():
-                        fake = EG(min_trunk, True)
-                    neg = torch.cat([fake, x_min]) if t.semi_supervised else fake
-                    if t.instance_noise > 0:  # both sides, or D can learn "noisy means fake"
-                        real = (real + t.instance_noise * torch.randn_like(real)).clamp(0, 1)
-                        neg = (neg + t.instance_noise * torch.randn_like(neg)).clamp(0, 1)
-                    logits = pair_step(real, neg, major_cache is not None).float()
-                    target = torch.cat([torch.full((n_real,), 1.0 - t.label_smoothing, device=dev), torch.zeros(len(neg), device=dev)])
-                    # Mean over each part, then summed: the paper's BCE(1, D(maj)) + BCE(0, D(fake)).
-                    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-                    loss_d = bce[:n_real].mean() + bce[n_real:].mean()
-                    if t.r1_gamma > 0:  # R1: penalise D's input gradient on real data (Mescheder et al. 2018)
-                        x_r1 = real.detach().requires_grad_(True)
-                        (grad,) = torch.autograd.grad(D(x_r1).sum(), x_r1, create_graph=True)
-                        loss_d = loss_d + 0.5 * t.r1_gamma * grad.float().pow(2).flatten(1).sum(1).mean()
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                # E and G: make D call the generated images majority.
-                with autocast(dev, t.amp):
-                    fake = eg_step(min_trunk, True)
-                    loss_g = F.binary_cross_entropy_with_logits(g_scorer(fake).float(), torch.ones(len(fake), device=dev))
-                    if t.recon_weight > 0:
-                        loss_g = loss_g + t.recon_weight * F.mse_loss(fake.float(), x_min.float())
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-                sums += torch.stack([loss_d.detach(), loss_g.detach()])
-            else:
-                # Supervised baseline: majority -> 1, real minority -> 0, classes weighted equally.
-                with autocast(dev, t.amp):
-                    logits = pair_step(real, x_min, major_cache is not None).float()
-                    target = torch.cat([torch.ones(n_real, device=dev), torch.zeros(len(x_min), device=dev)])
-                    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-                    loss_d = 0.5 * (bce[:n_real].mean() + bce[n_real:].mean()) if t.class_weight else bce.mean()
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                sums += torch.stack([loss_d.detach(), torch.zeros((), device=dev)])
+            sums += step_fn(t, step_nets, StepBatch(real, n_real, x_min, min_trunk, major_cache is not None))
         if rt.distributed:
             torch.distributed.all_reduce(sums)
             sums /= rt.world_size
