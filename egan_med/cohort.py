@@ -102,7 +102,10 @@ def _train_sizes(avail_min: int, avail_maj: int, o: CohortOptions) -> tuple[int,
 
 
 def assign(t, o: CohortOptions, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Split code (index into SPLITS, -1 = not sampled) and fold (-1 = none) for every unit of table `t`."""
+    """Split code (index into SPLITS, -1 = not sampled) and fold (-1 = none) for every unit of table `t`.
+
+    Hand-written rather than scikit-learn's GroupShuffleSplit: the paper's cohorts need exact per-class counts
+    (e.g. 33 minority / 1,214 majority) with whole patients kept together, which no library splitter gives."""
     n = len(t.path)
     split = np.full(n, -1, np.int8)
     fold = np.full(n, -1, np.int16)

@@ -232,7 +232,9 @@ def bootstrap_ci(
     """Percentile bootstrap intervals, resampling each class separately.
 
     Stratifying keeps both classes (and their counts) in every resample, so every metric is
-    defined in every resample. With a class absent, every interval is (NaN, NaN).
+    defined in every resample. With a class absent, every interval is (NaN, NaN). Hand-written because
+    scikit-learn and scipy.stats.bootstrap do not resample within classes, and vectorised (Resamples) so
+    that a thousand resamples cost one sort rather than a thousand scikit-learn calls.
 
     Args:
         y: labels, 1 = minority.
