@@ -209,7 +209,7 @@ def test_duplicate_yaml_keys_are_an_error(tmp_path, capsys):
     path = tmp_path / "dup.yaml"
     path.write_text("base: " + str(REPO / "configs" / "demo.yaml") + "\ntrain:\n  epochs: 3\neval:\n  knn: false\n"
                     "train:\n  batch_size: 4\n")
-    assert train_main([str(path), "--out", str(tmp_path / "run")]) == 2
+    assert train_main([str(path), "--dry-run"]) == 2
     _one_line_error(capsys, "duplicate key 'train'", "line 6", "first at line 2")
     with pytest.raises(ConfigError, match="duplicate key 'epochs'"):
         path.write_text("train:\n  epochs: 3\n  epochs: 4\n")
@@ -248,7 +248,7 @@ def test_build_cohort_negative_seed(tmp_path, capsys):
 
 def test_cuda_requested_without_cuda(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert train_main(["configs/demo.yaml", "train.device=cuda", "--out", str(tmp_path / "run")]) == 2
+    assert train_main(["configs/demo.yaml", *TINY, "train.device=cuda", "--out", str(tmp_path / "run")]) == 2
     _one_line_error(capsys, "train.device=cuda", "no CUDA")
     assert not (tmp_path / "run").exists()
 
