@@ -235,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nerror: interrupted; nothing of this evaluation is kept beyond the files already written",
-              file=sys.stderr)
+        print("\nerror: interrupted; run the same command again", file=sys.stderr)
         return 130
     for r in rows:
         print(f"{r['model']:40s} auroc {r['auroc']:.3f}  recall {r['recall']:.3f}  specificity {r['specificity']:.3f}  f1 {r['f1']:.3f}")

@@ -158,7 +158,7 @@ def check_run_dir(run_dir: str, cfg: Config, resume: bool | None, force: bool) -
     parent = _existing_parent(run_dir)
     if not os.path.isdir(parent):
         raise RunDirError(f"cannot create run directory {run_dir}: {parent} is a file, not a folder")
-    if os.path.isdir(run_dir):
+    if os.path.isdir(run_dir) and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 takes the lock
         _check_not_locked(run_dir)
     wipe = False
     force_says = ("--force deletes only the files egan_med wrote there (config, metrics, checkpoints, reports, "
