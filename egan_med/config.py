@@ -224,7 +224,8 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in types:
-            raise ConfigError(f"unknown config key '{full}'" + _suggest(full, _all_keys(prefix, obj)))
+            hint = _suggest(full, _all_keys(prefix, obj)) if len(full) <= MAX_SHOWN else ""
+            raise ConfigError(f"unknown config key {_shown(full)}" + hint)
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -321,7 +322,7 @@ def _merge(into: dict[str, Any], over: dict[str, Any]) -> None:
 def parse_override(text: str) -> dict[str, Any]:
     """Turn ``"train.epochs=3"`` into ``{"train": {"epochs": 3}}`` (value parsed as YAML scalar)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.sub=value")
+        raise ConfigError(f"override {_shown(text)} must look like key.sub=value")
     key, raw = text.split("=", 1)
     try:
         value = yaml.load(raw, Loader=_StrictLoader) if raw else ""  # noqa: S506 - a SafeLoader

@@ -205,6 +205,13 @@ def test_huge_value_is_shown_truncated(tmp_path, capsys):
     _one_line_error(capsys, "train.epochs", max_len=300)
 
 
+def test_huge_key_and_override_are_shown_truncated(tmp_path, capsys):
+    assert train_main(["configs/demo.yaml", "train." + "x" * 200000 + "=1", "--out", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, "unknown config key", max_len=300)
+    assert train_main(["configs/demo.yaml", "y" * 200000, "--out", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, "key.sub=value", max_len=300)
+
+
 def test_duplicate_yaml_keys_are_an_error(tmp_path, capsys):
     path = tmp_path / "dup.yaml"
     path.write_text("base: " + str(REPO / "configs" / "demo.yaml") + "\ntrain:\n  epochs: 3\neval:\n  knn: false\n"
