@@ -114,6 +114,8 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, from_trunk: bool = False) -> torch.Tensor:
         features = self.backbone(x, from_trunk).mean((2, 3))
+        if not torch.is_autocast_enabled(features.device.type):  # plain path: what export traces
+            return self.head(self.dropout(features)).squeeze(1)
         # The one-unit head and its logits stay float32 under bf16 autocast: logits are thresholded
         # and ranked (AUROC, the validation threshold), and bf16's 8 mantissa bits would create ties.
         with torch.autocast(features.device.type, enabled=False):
