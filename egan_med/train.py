@@ -28,7 +28,7 @@ from egan_med.scoring import autocast, score_loader
 from egan_med.splits import CohortSplits, load_splits
 from egan_med.xrv import run_leak_warning
 from egan_med.models import (Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, WeightsError,
-                             count_parameters)
+                             count_parameters, frozen_batchnorm_stats, reconstruction_loss)
 from egan_med.feature_cache import trunk_cache
 from egan_med import metrics, selection
 
@@ -36,7 +36,11 @@ from egan_med import metrics, selection
 def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
     """The networks of ``cfg.model.kind``: E, G, D for eGAN; C for the supervised baseline."""
     if cfg.model.kind == "egan":
-        return {"E": Encoder(cfg.model), "G": Generator(cfg.model.latent_dim, cfg.data.image_size, 3), "D": Discriminator(cfg.model)}
+        from egan_med.data.transforms import stored_channels
+        # G makes the channels a real image is stored with (1 for grayscale), repeated to data.channels
+        # the way real images are: three independent channels would let D spot fakes by colour alone.
+        G = Generator(cfg.model.latent_dim, cfg.data.image_size, stored_channels(cfg.data), cfg.data.channels)
+        return {"E": Encoder(cfg.model), "G": G, "D": Discriminator(cfg.model)}
     if cfg.model.kind == "supervised":
         return {"C": Classifier(cfg.model)}
     raise ConfigError(f"model.kind={cfg.model.kind!r} is not trained by this loop; use egan or supervised")
@@ -164,7 +168,9 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                           f"training images per step; this cohort/fold has {n_min}")
     # Frozen-trunk cache: real images never change without augmentation, so their trunk activations
     # are computed once; generated images still pass through all of D.
-    major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
+    # Under the training autocast: the uncached path runs the trunk in bf16 there, and the two must agree.
+    with autocast(dev, t.amp):
+        major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
     rows = torch.as_tensor(ds_major.rows)  # dataset position -> manifest row, the cache's address
     for epoch in range(start_epoch, t.epochs):
         t0 = time.time()
@@ -208,7 +214,8 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                     loss_d = bce[:n_real].mean() + bce[n_real:].mean()
                     if t.r1_gamma > 0:  # R1: penalise D's input gradient on real data (Mescheder et al. 2018)
                         x_r1 = real.detach().requires_grad_(True)
-                        (grad,) = torch.autograd.grad(D(x_r1).sum(), x_r1, create_graph=True)
+                        with frozen_batchnorm_stats(D):  # a real-only batch must not move D's running statistics
+                            (grad,) = torch.autograd.grad(D(x_r1).sum(), x_r1, create_graph=True)
                         loss_d = loss_d + 0.5 * t.r1_gamma * grad.float().pow(2).flatten(1).sum(1).mean()
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
@@ -216,9 +223,13 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                 # E and G: make D call the generated images majority.
                 with autocast(dev, t.amp):
                     fake = eg_step(min_trunk, True)
-                    loss_g = F.binary_cross_entropy_with_logits(g_scorer(fake).float(), torch.ones(len(fake), device=dev))
+                    # D's BatchNorm in inference mode here: G learns against the network that is scored, and a
+                    # generated-only batch never moves D's running statistics (only D's mixed batches do).
+                    with frozen_batchnorm_stats(D):
+                        d_fake = g_scorer(fake)
+                    loss_g = F.binary_cross_entropy_with_logits(d_fake.float(), torch.ones(len(fake), device=dev))
                     if t.recon_weight > 0:
-                        loss_g = loss_g + t.recon_weight * F.mse_loss(fake.float(), x_min.float())
+                        loss_g = loss_g + t.recon_weight * reconstruction_loss(fake, x_min)
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
