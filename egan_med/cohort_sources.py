@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from egan_med.io import IMAGE_SUFFIXES, file_hash
+from egan_med.image_formats import IMAGE_SUFFIXES
+from egan_med.io import file_hash
 from egan_med.cohort_options import SPLITS, CohortError, CohortOptions, check_paths_inside, stage
 
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
@@ -27,7 +28,7 @@ CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "
                    "Pleural Other", "Fracture", "Support Devices")
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
               "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
-IMAGE_EXTS = {*IMAGE_SUFFIXES, ""}  # "": suffix-less files (PACS exports of DICOM often have no suffix)
+IMAGE_EXTS = {*IMAGE_SUFFIXES, ""}  # what load_image reads; "" = suffix-less (DICOM exports)
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 

@@ -92,7 +92,10 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
         raise ExportError(str(exc)) from None
     net = net.cpu().float().eval()
     out_dir = out_dir or os.path.join(run_dir, "export")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
     c, s = cfg.data.channels, cfg.data.image_size
     example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     ts_path, onnx_path = os.path.join(out_dir, "discriminator.ts.pt"), os.path.join(out_dir, "discriminator.onnx")
@@ -357,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nerror: interrupted; run the same command again", file=sys.stderr)
+        return 130
     out = args.out or os.path.join(args.run, "export")
     check = info.get("check", {})
     print(f"wrote {out}: {info['torchscript']}, {info['onnx']}, export.json  input {info['input']['shape']}  "

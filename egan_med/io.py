@@ -9,14 +9,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any
-
-# What the image reader decodes: Pillow's formats and DICOM. One list for the cohort builder's folder source,
-# predict's folder listing and the reader's dispatch (suffix-less DICOMs are recognised by their marker).
-DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", *DICOM_SUFFIXES)
 
 
 @contextlib.contextmanager
@@ -28,15 +22,13 @@ def atomic_path(path: str, fsync: bool = False, tmp: str | None = None) -> Itera
     Args:
         path: destination file.
         fsync: flush the file to disk before the rename (checkpoints: survive a power cut).
-        tmp: the temporary name to use (when another tool must recognise it); default a unique hidden name.
+        tmp: the temporary name; default ``path + ".tmp"``, the name run-directory cleanup (rundir.RUN_FILES)
+            and cache_admin recognise as egan_med's own.
 
     Yields:
         The temporary path to write.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    if tmp is None:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        os.close(fd)
+    tmp = f"{path}.tmp" if tmp is None else tmp
     try:
         yield tmp
         if fsync:

@@ -8,10 +8,9 @@ from importlib import metadata
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from egan_med import metrics, xrv
-from egan_med.config import KIND_LABELS, Config, config_from_dict
+from egan_med.config import KIND_LABELS, Config, config_from_dict, read_yaml
 from egan_med.io import file_hash, fmt_interval, write_text
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,7 +161,7 @@ def render(run_dir: str, val_scores: tuple[np.ndarray, np.ndarray] | None = None
     """The card's markdown text; arguments as for write_model_card."""
     with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8") as fh:
         config_text = fh.read()
-    cfg = config_from_dict(yaml.safe_load(config_text))
+    cfg = config_from_dict(read_yaml(os.path.join(run_dir, "config.yaml")))
     op_path = os.path.join(run_dir, "operating_point.json")
     op = _read_json(op_path) if os.path.isfile(op_path) else {}
     best = os.path.join(run_dir, "checkpoints", "best.pt")

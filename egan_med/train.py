@@ -22,7 +22,7 @@ from tqdm import tqdm
 from egan_med.config import Config, ConfigError, load_config
 from egan_med.checkpoint import load_checkpoint, save_checkpoint
 from egan_med.engine.steps import STEPS, StepBatch, StepNets
-from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, write_table_atomic
+from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, release_run_dirs, write_table_atomic
 from egan_med.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
 from egan_med.scoring import autocast, score_loader
 from egan_med.splits import CohortSplits, load_splits
@@ -36,7 +36,11 @@ from egan_med import metrics, selection
 def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
     """The networks of ``cfg.model.kind``: E, G, D for eGAN; C for the supervised baseline."""
     if cfg.model.kind == "egan":
-        return {"E": Encoder(cfg.model), "G": Generator(cfg.model.latent_dim, cfg.data.image_size, 3), "D": Discriminator(cfg.model)}
+        from egan_med.data.transforms import stored_channels
+        # G makes the channels a real image is stored with (1 for grayscale), repeated to data.channels
+        # the way real images are: three independent channels would let D spot fakes by colour alone.
+        G = Generator(cfg.model.latent_dim, cfg.data.image_size, stored_channels(cfg.data), cfg.data.channels)
+        return {"E": Encoder(cfg.model), "G": G, "D": Discriminator(cfg.model)}
     if cfg.model.kind == "supervised":
         return {"C": Classifier(cfg.model)}
     raise ConfigError(f"model.kind={cfg.model.kind!r} is not trained by this loop; use egan or supervised")
@@ -165,7 +169,9 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                           f"training images per step; this cohort/fold has {n_min}")
     # Frozen-trunk cache: real images never change without augmentation, so their trunk activations
     # are computed once; generated images still pass through all of D.
-    major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
+    # Under the training autocast: the uncached path runs the trunk in bf16 there, and the two must agree.
+    with autocast(dev, t.amp):
+        major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
     rows = torch.as_tensor(ds_major.rows)  # dataset position -> manifest row, the cache's address
     for epoch in range(start_epoch, t.epochs):
         t0 = time.time()
@@ -215,7 +221,9 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
             for split, (y, logits) in scored.items():  # minority is the positive class, score = -logit
                 writer.add_pr_curve(f"{split}/pr_curve", y, torch.sigmoid(-torch.as_tensor(logits)), epoch)
             write_table_atomic(pd.DataFrame(history), os.path.join(run_dir, "metrics.csv"))
-            state = {"config": cfg.to_dict(), "epoch": epoch, "history": history, "rng": rng_state(),
+            # cwd: relative paths in the config (cohort, root, cache) mean "from where training ran", so
+            # evaluate/predict/export can resolve them from any working directory.
+            state = {"config": cfg.to_dict(), "cwd": os.getcwd(), "epoch": epoch, "history": history, "rng": rng_state(),
                      "models": {k: n.state_dict() for k, n in nets.items()},
                      "optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
             chosen = selection.select_epoch(history, cfg.eval.select, cfg.eval.nash_threshold)
@@ -278,11 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--dry-run", action="store_true", help="build cohort and networks, print sizes, exit")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (fails if it has no checkpoint)")
-    p.add_argument("--force", action="store_true", help="replace a run directory that belongs to another config")
+    p.add_argument("--force", action="store_true",
+                   help="train into a run directory of another config (or a non-empty folder): deletes only the files "
+                        "egan_med wrote there (config, metrics, checkpoints, reports, plots, tb/), keeps the rest")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (default: torch's choice). On a busy shared CPU, 1 avoids "
                         "OpenMP spin-waiting, measured ~10x slower per step with 2 threads on 2 shared cores")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options and key=value overrides in any order
     if args.threads < 0:
         print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return 2
@@ -310,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CohortError, RunDirError, WeightsError, BadImageError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # 130 = 128 + SIGINT, the shell's convention; the last checkpoint is intact (atomic writes).
+        print("\nerror: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    finally:
+        release_run_dirs()
     return 0
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 from egan_med.cohort_options import CohortOptions
 from egan_med.cohort_sources import read_folder
 from egan_med.data.readers import load_image
-from egan_med.io import IMAGE_SUFFIXES
+from egan_med.image_formats import IMAGE_SUFFIXES
 from egan_med.predict import list_inputs
 
 

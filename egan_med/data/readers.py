@@ -21,7 +21,7 @@ from PIL import Image
 from pydicom.misc import is_dicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from egan_med.io import DICOM_SUFFIXES
+from egan_med.image_formats import DICOM_SUFFIXES  # one shared list of readable suffixes
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 

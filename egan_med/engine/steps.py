@@ -13,6 +13,7 @@ import torch
 
 from egan_med.config import TrainConfig
 from egan_med.models import objectives as obj
+from egan_med.models.egan import frozen_batchnorm_stats
 from egan_med.scoring import autocast
 
 
@@ -85,14 +86,19 @@ def egan_step(t: TrainConfig, n: StepNets, b: StepBatch) -> torch.Tensor:
         logits = n.pair_step(real, neg, b.cached).float()
         loss_d = obj.paper_d_loss(logits, b.n_real, obj.real_target(t.label_smoothing))
         if t.r1_gamma > 0:
-            loss_d = loss_d + obj.r1_penalty(n.D, real, t.r1_gamma)
+            with frozen_batchnorm_stats(n.D):  # a real-only batch must not move D's running statistics
+                loss_d = loss_d + obj.r1_penalty(n.D, real, t.r1_gamma)
     _update(n.opt_d, loss_d)
     # E and G: make D call the generated images majority.
     with autocast(dev, t.amp):
         fake = n.eg_step(b.min_trunk, True)
-        loss_g = obj.paper_g_loss(n.g_scorer(fake).float())
+        # D's BatchNorm in inference mode here: G learns against the network that is scored, and a
+        # generated-only batch never moves D's running statistics (only D's mixed batches do).
+        with frozen_batchnorm_stats(n.D):
+            d_fake = n.g_scorer(fake)
+        loss_g = obj.paper_g_loss(d_fake.float())
         if t.recon_weight > 0:
-            loss_g = loss_g + obj.reconstruction_loss(fake, b.x_min, t.recon_weight)
+            loss_g = loss_g + t.recon_weight * obj.reconstruction_loss(fake, b.x_min)
     _update(n.opt_g, loss_g)
     return torch.stack([loss_d.detach(), loss_g.detach()])
 

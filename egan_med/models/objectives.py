@@ -69,9 +69,17 @@ def paper_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones(len(fake_logits), device=fake_logits.device))
 
 
-def reconstruction_loss(fake: torch.Tensor, x_min: torch.Tensor, weight: float) -> torch.Tensor:
-    """``weight * MSE(G(E(x)), x)``: keeps generated images close to the minority images they encode."""
-    return weight * F.mse_loss(fake.float(), x_min.float())
+def reconstruction_loss(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error in float32 between generated and real minority images of the same shape (the step
+    weighs it by train.recon_weight): keeps generated images close to the minority images they encode.
+
+    Raises:
+        ValueError: the shapes differ (``mse_loss`` would broadcast 3 channels against 1 silently).
+    """
+    if fake.shape != target.shape:
+        raise ValueError(f"reconstruction loss: generated images {tuple(fake.shape)} and real ones "
+                         f"{tuple(target.shape)} differ in shape")
+    return F.mse_loss(fake.float(), target.float())
 
 
 def supervised_loss(logits: torch.Tensor, n_real: int, class_weight: bool) -> torch.Tensor:
