@@ -7,7 +7,6 @@ only as a row labelled "optimistic (paper protocol)".
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -19,6 +18,7 @@ import torch
 from egan_med import metrics, model_card, plots, report, selection
 from egan_med.checkpoint import CheckpointError, load_checkpoint
 from egan_med.config import KIND_LABELS, Config, ConfigError, config_from_dict, read_yaml
+from egan_med.io import write_json
 from egan_med.scoring import score_loader
 from egan_med.splits import CohortSplits, load_splits
 from egan_med.xrv import run_leak_warning
@@ -173,9 +173,9 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     plots.plot_correct_counts(history, os.path.join(run_dir, "correct_counts.png"), split="test", nash_threshold=cfg.eval.nash_threshold)
     plots.plot_losses(history, os.path.join(run_dir, "losses.png"))
     plots.plot_roc_pr(curves, os.path.join(out_dir, f"roc_pr_{split}.png"))
-    with open(os.path.join(out_dir, "operating_point.json"), "w", encoding="utf-8") as fh:
-        json.dump({"rule": rule, "target": target, "threshold": float(thr), "chosen_on": "val",
-                   "epoch": int(chosen.epoch), "selection": chosen.reason, "score": "minority score = -logit; minority when score > threshold"}, fh, indent=2)
+    write_json(os.path.join(out_dir, "operating_point.json"),
+               {"rule": rule, "target": target, "threshold": float(thr), "chosen_on": "val", "epoch": int(chosen.epoch),
+                "selection": chosen.reason, "score": "minority score = -logit; minority when score > threshold"}, indent=2)
     if default:
         _log_hparams(run_dir, cfg, rows[0])
         model_card.write_model_card(run_dir, val_scores=(y_val, logit_val))

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from egan_med.io import fmt_bounds
+from egan_med.io import fmt_bounds, write_json
 from egan_med.metrics import METRIC_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,8 +196,7 @@ def _add_wall(exp_dir: str, name: str, seconds: float) -> None:
     # Accumulated across resumptions, so an interrupted run's total is still its real cost.
     path = os.path.join(exp_dir, f"{name}.wall.json")
     total = _wall(exp_dir, name) + seconds
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump({"seconds": total}, fh)
+    write_json(path, {"seconds": total})  # a killed study never leaves half a file to misread
 
 
 def _wall(exp_dir: str, name: str) -> float:
