@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from egan_med import metrics, model_card, plots, report, selection
+from egan_med import metrics, model_card, plots, report, selection, thresholds
 from egan_med.checkpoint import CheckpointError, load_checkpoint
 from egan_med.config import KIND_LABELS, Config, ConfigError, config_from_dict, read_yaml
 from egan_med.io import write_json
@@ -131,7 +131,7 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     y_rep, logit_rep, _ = (y_val, logit_val, None) if split == "val" else score_loader(
         net, loaders[split], dev, cfg.train.amp, progress=f"scoring {split}")
     rule, target = _operating_point(cfg, sensitivity, specificity, threshold)
-    thr = threshold if rule == "fixed" else metrics.operating_threshold(rule, y_val, -logit_val, target)
+    thr = threshold if rule == "fixed" else thresholds.operating_threshold(rule, y_val, -logit_val, target)
     label = KIND_LABELS[cfg.model.kind]
     rows = [_row(label, counts, rule, target, thr, y_rep, -logit_rep, cfg, chosen.reason, cfg.train.seed)]
     curves = {label: (y_rep, -logit_rep, thr)}
@@ -194,7 +194,7 @@ def _knn_row(cfg: Config, splits: CohortSplits, counts: dict, split: str, dev, c
     y_rep, s_rep = (y_val, s_val) if split == "val" else knn.score(loaders[split])
     # A distance has no natural zero: logit0 falls back to the configured specificity on val.
     rule = "specificity" if cfg.eval.operating_point == "logit0" else cfg.eval.operating_point
-    thr = metrics.operating_threshold(rule, y_val, s_val, cfg.eval.target)
+    thr = thresholds.operating_threshold(rule, y_val, s_val, cfg.eval.target)
     curves[KIND_LABELS["knn"]] = (y_rep, s_rep, thr)
     return _row(KIND_LABELS["knn"], counts, rule, cfg.eval.target, thr, y_rep, s_rep, cfg, "no training; k-NN on frozen features", cfg.train.seed)
 
