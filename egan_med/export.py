@@ -135,7 +135,7 @@ META_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/d
 def _inference_config(cfg, threshold: float) -> dict:
     """configs/inference.json: MONAI Dataset/DataLoader around egan_med's reader, the TorchScript network."""
     return {
-        "imports": ["$import torch", "$import egan_med.bundle as egan_bundle", "$import egan_med.scoring as egan_scoring"],
+        "imports": ["$import torch", "$import egan_med.bundle as egan_bundle", "$import egan_med.runtime as egan_runtime"],
         "bundle_root": ".",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "dataset_dir": "images",
@@ -152,7 +152,7 @@ def _inference_config(cfg, threshold: float) -> dict:
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": "@batch_size",
                        "shuffle": False, "num_workers": 0},
-        "initialize": ["$egan_scoring.cpu_speedups()"],
+        "initialize": ["$egan_runtime.cpu_speedups()"],
         "run": ["$egan_bundle.write_scores(@network, @dataloader, @device, @output_file, @threshold)"],
     }
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from egan_med.config import Config
 from egan_med.image_formats import IMAGE_SUFFIXES  # the reader's list, shared with cohort building
 from egan_med.rundir import write_table_atomic
-from egan_med.scoring import autocast, cpu_speedups
+from egan_med.runtime import autocast, cpu_speedups
 
 
 class PredictError(ValueError):

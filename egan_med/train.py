@@ -25,8 +25,8 @@ from egan_med.config import Config, ConfigError, load_config
 from egan_med.checkpoint import load_checkpoint, save_checkpoint
 from egan_med.engine.steps import STEPS, StepBatch, StepNets
 from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, release_run_dirs, write_table_atomic
-from egan_med.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
-from egan_med.scoring import autocast, score_loader
+from egan_med.runtime import Runtime, autocast, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
+from egan_med.scoring import score_loader
 from egan_med.splits import CohortSplits, load_splits
 from egan_med.xrv import run_leak_warning
 from egan_med.models import (Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, WeightsError,
