@@ -117,7 +117,7 @@ class ModelConfig:
     encoder_weights: str = ""  # overrides `weights` for E ("" = same as weights)
     discriminator_weights: str = ""  # overrides `weights` for D
     trainable_blocks: int = -1  # -1 = the paper's "top 5 layers" mapping of each backbone
-    train_bn: bool = False  # True: trainable blocks' BatchNorm also update running stats
+    train_bn: bool = False  # True: trainable blocks' BatchNorm also update running stats (D's: from its mixed real+negative batches only)
     latent_dim: int = 128  # size of E's code
     dropout: float = 0.2  # before D's one-unit head
     spectral_norm: bool = False  # spectral normalisation on D's head
@@ -394,3 +394,25 @@ def save_config(cfg: Config, path: str) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
     os.replace(tmp, path)
+
+
+def reference_table() -> str:
+    """The README's config reference: one Markdown row per key, from the dataclasses' defaults and comments.
+
+    Returns:
+        The table rows (without the header), one per line, in declaration order.
+    """
+    import inspect
+    import re
+
+    rows = []
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        comments = dict(re.findall(r"^\s+(\w+): [^=\n]+= [^\n#]*#\s*(.*)$", inspect.getsource(cls), re.M))
+        for f in fields(cls):
+            meaning = comments.get(f.name, "").replace("|", "\\|")
+            rows.append(f"| `{section}.{f.name}` | `{f.default!r}` | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_table())
