@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from egan_med import budget as bud
-from egan_med.config import load_config
+from egan_med.config import ConfigError, load_config
 from egan_med.metrics import binary_metrics
 from egan_med.train import main as train_main
 
@@ -32,9 +32,12 @@ def test_budget_mask_is_seeded_of_size_n_and_keeps_every_majority_image():
     assert bud.resolve_budget(0, 5, 40) == 40 and bud.resolve_budget(-1, 5, 40) == 5 and bud.resolve_budget(80, 5, 40) == 40
 
 
-def test_budget_train_keyword_means_as_many_as_training_positives():
+def test_budget_train_keyword_means_as_many_as_training_positives_and_the_demo_uses_it():
     cfg = load_config(str(REPO / "configs" / "demo.yaml"), ["eval.val_minority_budget=train"])
     assert cfg.eval.val_minority_budget == -1
+    assert load_config(str(REPO / "configs" / "demo.yaml")).eval.val_minority_budget == -1
+    with pytest.raises(ConfigError, match="eval.val_minority_budget"):
+        load_config(str(REPO / "configs" / "demo.yaml"), ["eval.val_minority_budget=-2"])
 
 
 def test_every_detector_is_selected_on_the_same_budgeted_positives(monkeypatch):
@@ -102,17 +105,19 @@ def cohort(tmp_path_factory) -> str:
     return str(out / "cohort.csv")
 
 
-def test_patchcore_runs_alone_and_its_report_states_the_budget(cohort, tmp_path):
-    out = tmp_path / "pc"
-    assert train_main(["configs/demo.yaml", f"data.cohort={cohort}", "model.kind=patchcore", "eval.knn=false",
-                       "eval.bootstrap=10", "eval.val_minority_budget=3", "--out", str(out), "--threads", "1"]) == 0
+@pytest.mark.parametrize("kind,label", [("patchcore", "patch memory"), ("knn", "kNN one-class")])
+def test_one_class_kind_runs_alone_and_its_report_states_the_budget(cohort, tmp_path, kind, label):
+    out = tmp_path / kind
+    assert train_main(["configs/demo.yaml", f"data.cohort={cohort}", f"model.kind={kind}", "eval.knn=false",
+                       "eval.patchcore=false", "eval.bootstrap=10", "eval.val_minority_budget=3", "--out", str(out),
+                       "--threads", "1"]) == 0
     md = (out / "report.md").read_text()
     assert "4 training positives; 3 of 10 validation positives used for selection" in md
     rep = json.loads((out / "report.json").read_text())
     assert rep["label_budget"][0].startswith("Label budget: 4 training positives")
     protos = {(r["protocol"], r["model"], r["val_minority_used"]) for r in rep["protocol_rows"]}
-    assert protos == {("realistic", "patch memory", 3), ("generous", "patch memory", 10)}
-    assert rep["rows"][0]["model"] == "patch memory" and not (out / "checkpoints" / "best.pt").exists()
+    assert protos == {("realistic", label, 3), ("generous", label, 10)}
+    assert rep["rows"][0]["model"] == label and not (out / "checkpoints" / "best.pt").exists()
 
 
 def test_trained_run_keeps_every_epoch_and_reports_both_protocols(cohort, tmp_path):
