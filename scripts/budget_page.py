@@ -25,7 +25,8 @@ except ImportError:  # run as a file: scripts/ itself is on sys.path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ["CIFAR-10 1:2500", "CIFAR-10 1:500", "CIFAR-10 1:50", "PneumoniaMNIST 1:36",
-            "CIFAR-10 deer vs horse 1:500", "CIFAR-10 ship vs truck 1:500"]
+            "CIFAR-10 deer vs horse 1:500", "CIFAR-10 ship vs truck 1:500",
+            "CIFAR-10 1:2500 (64 px)", "CIFAR-10 1:500 (64 px)", "PneumoniaMNIST 1:36 (64 px)"]
 RECOMMENDED = "fusion (val-weighted rank)"
 SINGLE = ["paper eGAN", "eGAN, TTUR", "supervised baseline", "kNN one-class", "patch memory"]
 ORDER = SINGLE + ["fusion (mean rank)", RECOMMENDED, "all minority", "all majority"]
@@ -41,9 +42,10 @@ def collect(grid: dict, runs_dir: str) -> pd.DataFrame:
         with open(path, encoding="utf-8") as fh:
             rep = json.load(fh)
         paper = run.exp.get("variant") == "paper eGAN"
+        setting = run.exp["setting"] + (" (64 px)" if str(run.exp.get("variant", "")).startswith("64 px") else "")
         for r in rep.get("protocol_rows", []):
             model = ("paper eGAN" if paper else "eGAN, TTUR") if r["model"] == "eGAN" else r["model"]
-            out.append(dict(setting=run.exp["setting"], run=run.name, protocol=r["protocol"], model=model,
+            out.append(dict(setting=setting, run=run.name, protocol=r["protocol"], model=model,
                             used=r["val_minority_used"], epoch=r["epoch"], threshold=r["threshold"],
                             **{k: r[k] if r[k] is not None else np.nan for k in
                                ("auroc", "auroc_lo", "auroc_hi", "sens_at_spec", "sens_at_spec_lo", "sens_at_spec_hi",
@@ -52,7 +54,7 @@ def collect(grid: dict, runs_dir: str) -> pd.DataFrame:
             for r in rep["rows"]:
                 if r["model"] in ("all minority", "all majority"):
                     for proto in {x["protocol"] for x in rep.get("protocol_rows", [])}:
-                        out.append(dict(setting=run.exp["setting"], run=run.name, protocol=proto, model=r["model"],
+                        out.append(dict(setting=setting, run=run.name, protocol=proto, model=r["model"],
                                         used=np.nan, epoch=-1, threshold=np.nan, auroc=0.5, auroc_lo=np.nan,
                                         auroc_hi=np.nan, sens_at_spec=r["sens_at_spec"], sens_at_spec_lo=np.nan,
                                         sens_at_spec_hi=np.nan, recall=r["recall"], specificity=r["specificity"]))
