@@ -132,3 +132,26 @@ def test_trained_run_keeps_every_epoch_and_reports_both_protocols(cohort, tmp_pa
     models = {r["model"] for r in rep["protocol_rows"]}
     assert {"eGAN", "kNN one-class", bud.FUSION_MEAN, bud.FUSION_WEIGHTED} <= models
     assert "(as many as training positives (eval.val_minority_budget=-1)" in (out / "report.md").read_text()
+
+
+def test_budget_page_puts_both_protocols_side_by_side_and_checks_the_goal(tmp_path):
+    from scripts import budget_page
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("cohorts: {c: --x}\nexperiments:\n  - {name: e, setting: 'CIFAR-10 1:500', variant: all, cohort: c, "
+                    "config: configs/demo.yaml, folds: [0]}\n")
+    run = tmp_path / "runs" / "e" / "fold0-seed0"
+    run.mkdir(parents=True)
+
+    def row(model, proto, auroc, used):
+        return {"model": model, "protocol": proto, "val_minority_used": used, "epoch": 1, "threshold": 0.0,
+                "auroc": auroc, "auroc_lo": auroc - 0.03, "auroc_hi": auroc + 0.03, "sens_at_spec": 0.5,
+                "sens_at_spec_lo": 0.4, "sens_at_spec_hi": 0.6, "recall": 0.5, "specificity": 0.9}
+    p_rows = [row(m, p, a - (0.01 if p == "realistic" else 0), 5 if p == "realistic" else 100)
+              for p in ("realistic", "generous")
+              for m, a in (("eGAN", 0.80), ("supervised baseline", 0.85), ("fusion (val-weighted rank)", 0.90))]
+    (run / "report.json").write_text(json.dumps({"rows": [], "protocol_rows": p_rows}))
+    assert budget_page.main(["--runs", str(tmp_path / "runs"), "--grid", str(grid), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "RESULTS_BUDGET.md").read_text()
+    assert "| CIFAR-10 1:500 | supervised baseline | 1 | 5 / 100 | 0.840 [0.81, 0.87] | 0.850 [0.82, 0.88] |" in md
+    assert "| CIFAR-10 1:500 | fold0-seed0 | 0.890 [0.86, 0.92] | supervised baseline (0.840 [0.81, 0.87]) | yes | +0.050 |" in md
