@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-egan_med
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[dev,export]"
+	$(BIN)/python -m pip install -q -e ".[dev,export,xrv,bundle]"
 	touch $(STAMP)
 
 setup: $(STAMP)

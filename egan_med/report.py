@@ -159,12 +159,13 @@ def _protocol_markdown(rows: Sequence[Mapping], header: Sequence[str]) -> list[s
 
 
 def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
-              header: Sequence[str] = (), protocol_rows: Sequence[Mapping] = ()) -> str:
+              warnings: Sequence[str] = (), header: Sequence[str] = (),
+              protocol_rows: Sequence[Mapping] = ()) -> str:
     targets = {round(100 * float(r.get("spec_target", 0.9))) for r in rows}
     spec = f"{targets.pop()}" if len(targets) == 1 else "?"
     headers = ["Model", "#train minor", "#train major", f"#{split} minor", f"#{split} major", "ratio",
                "operating point"] + [h.format(spec=spec) for _, h in _MD_METRICS]
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", ""] + [f"**Warning: {w}**\n" for w in warnings]
     if protocol_rows:
         lines += _protocol_markdown(protocol_rows, header)
         lines += ["## Checkpoint rows (selected on every validation positive) and the paper's optimistic rows", ""]
@@ -212,7 +213,8 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
-                 header: Sequence[str] = (), protocol_rows: Sequence[Mapping] = ()) -> None:
+                 warnings: Sequence[str] = (), header: Sequence[str] = (),
+                 protocol_rows: Sequence[Mapping] = ()) -> None:
     """Write report.md, report.csv and report.json into ``run_dir``, each atomically.
 
     Args:
@@ -221,15 +223,18 @@ def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Seque
         title: heading of report.md and "title" of report.json.
         notes: caveats shown under the table and stored in report.json.
         split: the split the rows were measured on; its name labels the count columns.
+        warnings: problems that change how to read every number (e.g. pretraining leakage): shown under
+            the title of report.md and stored as report.json's "warnings".
         header: the label-budget lines (``budget.budget_header``), shown above everything.
         protocol_rows: ``budget.protocol_rows`` (every detector under each protocol), as a first section.
     """
     os.makedirs(run_dir, exist_ok=True)
     names = dict(zip(_COUNT_KEYS, _count_keys(split)))
     rows = [{names.get(k, k): v for k, v in r.items()} for r in rows]
-    _write_atomic(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes, split, header, protocol_rows))
+    _write_atomic(os.path.join(run_dir, "report.md"),
+                  _markdown(rows, title, notes, split, warnings, header, protocol_rows))
     _write_atomic(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
-    payload = {"title": title, "split": split, "rows": rows, "notes": list(notes)}
+    payload = {"title": title, "split": split, "warnings": list(warnings), "rows": rows, "notes": list(notes)}
     if protocol_rows:
         payload.update(label_budget=list(header), protocol_rows=[dict(r) for r in protocol_rows])
     _write_atomic(os.path.join(run_dir, "report.json"),

@@ -45,7 +45,9 @@ def setup_runtime(device: str = "auto") -> Runtime:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={device} but no CUDA device is available; use train.device=cpu")
+        from egan_med.config import ConfigError
+
+        raise ConfigError(f"train.device={device} but no CUDA device is available; use train.device=cpu or auto")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:

@@ -22,12 +22,13 @@ from tqdm import tqdm
 
 from egan_med.config import Config, ConfigError, load_config
 from egan_med.checkpoint import load_checkpoint, save_checkpoint
-from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, write_table_atomic
+from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, release_run_dirs, write_table_atomic
 from egan_med.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
 from egan_med.scoring import autocast, score_loader
 from egan_med.splits import CohortSplits, load_splits
+from egan_med.xrv import run_leak_warning
 from egan_med.models import (Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, WeightsError,
-                             count_parameters)
+                             count_parameters, frozen_batchnorm_stats, reconstruction_loss)
 from egan_med.feature_cache import trunk_cache
 from egan_med import metrics, selection
 from egan_med.detectors import ONECLASS, fit_oneclass_run, save_epoch_scores
@@ -36,7 +37,11 @@ from egan_med.detectors import ONECLASS, fit_oneclass_run, save_epoch_scores
 def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
     """The networks of ``cfg.model.kind``: E, G, D for eGAN; C for the supervised baseline."""
     if cfg.model.kind == "egan":
-        return {"E": Encoder(cfg.model), "G": Generator(cfg.model.latent_dim, cfg.data.image_size, 3), "D": Discriminator(cfg.model)}
+        from egan_med.data.transforms import stored_channels
+        # G makes the channels a real image is stored with (1 for grayscale), repeated to data.channels
+        # the way real images are: three independent channels would let D spot fakes by colour alone.
+        G = Generator(cfg.model.latent_dim, cfg.data.image_size, stored_channels(cfg.data), cfg.data.channels)
+        return {"E": Encoder(cfg.model), "G": G, "D": Discriminator(cfg.model)}
     if cfg.model.kind == "supervised":
         return {"C": Classifier(cfg.model)}
     raise ConfigError(f"model.kind={cfg.model.kind!r} is not trained by this loop; use egan or supervised")
@@ -164,7 +169,9 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                           f"training images per step; this cohort/fold has {n_min}")
     # Frozen-trunk cache: real images never change without augmentation, so their trunk activations
     # are computed once; generated images still pass through all of D.
-    major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
+    # Under the training autocast: the uncached path runs the trunk in bf16 there, and the two must agree.
+    with autocast(dev, t.amp):
+        major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
     rows = torch.as_tensor(ds_major.rows)  # dataset position -> manifest row, the cache's address
     for epoch in range(start_epoch, t.epochs):
         t0 = time.time()
@@ -208,7 +215,8 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                     loss_d = bce[:n_real].mean() + bce[n_real:].mean()
                     if t.r1_gamma > 0:  # R1: penalise D's input gradient on real data (Mescheder et al. 2018)
                         x_r1 = real.detach().requires_grad_(True)
-                        (grad,) = torch.autograd.grad(D(x_r1).sum(), x_r1, create_graph=True)
+                        with frozen_batchnorm_stats(D):  # a real-only batch must not move D's running statistics
+                            (grad,) = torch.autograd.grad(D(x_r1).sum(), x_r1, create_graph=True)
                         loss_d = loss_d + 0.5 * t.r1_gamma * grad.float().pow(2).flatten(1).sum(1).mean()
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
@@ -216,9 +224,13 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                 # E and G: make D call the generated images majority.
                 with autocast(dev, t.amp):
                     fake = eg_step(min_trunk, True)
-                    loss_g = F.binary_cross_entropy_with_logits(g_scorer(fake).float(), torch.ones(len(fake), device=dev))
+                    # D's BatchNorm in inference mode here: G learns against the network that is scored, and a
+                    # generated-only batch never moves D's running statistics (only D's mixed batches do).
+                    with frozen_batchnorm_stats(D):
+                        d_fake = g_scorer(fake)
+                    loss_g = F.binary_cross_entropy_with_logits(d_fake.float(), torch.ones(len(fake), device=dev))
                     if t.recon_weight > 0:
-                        loss_g = loss_g + t.recon_weight * F.mse_loss(fake.float(), x_min.float())
+                        loss_g = loss_g + t.recon_weight * reconstruction_loss(fake, x_min)
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
@@ -255,7 +267,9 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                 writer.add_pr_curve(f"{split}/pr_curve", y, torch.sigmoid(-torch.as_tensor(logits)), epoch)
             write_table_atomic(pd.DataFrame(history), os.path.join(run_dir, "metrics.csv"))
             save_epoch_scores(run_dir, epoch, scored)  # any label budget can pick its own epoch later
-            state = {"config": cfg.to_dict(), "epoch": epoch, "history": history, "rng": rng_state(),
+            # cwd: relative paths in the config (cohort, root, cache) mean "from where training ran", so
+            # evaluate/predict/export can resolve them from any working directory.
+            state = {"config": cfg.to_dict(), "cwd": os.getcwd(), "epoch": epoch, "history": history, "rng": rng_state(),
                      "models": {k: n.state_dict() for k, n in nets.items()},
                      "optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
             chosen = selection.select_epoch(history, cfg.eval.select, cfg.eval.nash_threshold)
@@ -299,6 +313,9 @@ def _print_summary(cfg: Config, splits: CohortSplits, nets: dict) -> None:
     for k, n in nets.items():
         total, trainable = count_parameters(n)
         print(f"  {k}: {total:,} parameters, {trainable:,} trainable", file=sys.stderr)
+    leak = run_leak_warning(cfg, splits.meta)
+    if leak:
+        print(f"warning: {leak}", file=sys.stderr)
 
 
 def dry_run(cfg: Config) -> None:
@@ -315,11 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--dry-run", action="store_true", help="build cohort and networks, print sizes, exit")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (fails if it has no checkpoint)")
-    p.add_argument("--force", action="store_true", help="replace a run directory that belongs to another config")
+    p.add_argument("--force", action="store_true",
+                   help="train into a run directory of another config (or a non-empty folder): deletes only the files "
+                        "egan_med wrote there (config, metrics, checkpoints, reports, plots, tb/), keeps the rest")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (default: torch's choice). On a busy shared CPU, 1 avoids "
                         "OpenMP spin-waiting, measured ~10x slower per step with 2 threads on 2 shared cores")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options and key=value overrides in any order
     if args.threads < 0:
         print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return 2
@@ -351,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CohortError, RunDirError, WeightsError, BadImageError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # 130 = 128 + SIGINT, the shell's convention; the last checkpoint is intact (atomic writes).
+        print("\nerror: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    finally:
+        release_run_dirs()
     return 0
 
 

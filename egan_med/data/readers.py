@@ -20,7 +20,8 @@ from monai.transforms import LoadImage
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+from egan_med.image_formats import DICOM_SUFFIXES  # one shared list of readable suffixes
+
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 
 

@@ -1,5 +1,7 @@
 """Networks: backbones, eGAN's E/G/D, and baselines."""
 from egan_med.models.backbones import BACKBONES, Backbone, WeightsError
-from egan_med.models.egan import Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, count_parameters
+from egan_med.models.egan import (Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, count_parameters,
+                              frozen_batchnorm_stats, reconstruction_loss)
 
-__all__ = ["BACKBONES", "Backbone", "WeightsError", "Classifier", "Discriminator", "Encoder", "EncoderGenerator", "Generator", "ScorePair", "count_parameters"]
+__all__ = ["BACKBONES", "Backbone", "WeightsError", "Classifier", "Discriminator", "Encoder", "EncoderGenerator", "Generator", "ScorePair", "count_parameters",
+           "frozen_batchnorm_stats", "reconstruction_loss"]

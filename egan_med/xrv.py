@@ -1,0 +1,70 @@
+"""torchxrayvision's radiograph-pretrained weight sets: names, the datasets each saw, and the leakage check
+(a CheXpert or NIH cohort scored with weights trained on it).
+
+Kept free of torch imports so that config validation can use it. The datasets come from torchxrayvision's
+``models.model_urls`` descriptions and file names (its paper: Cohen et al., arXiv:2002.02497).
+"""
+from __future__ import annotations
+
+import importlib.util
+
+XRV_BACKBONE = "xrv_densenet121"
+# weight-set name -> public datasets it was trained on. "all" is nih-pc-chex-mimic_ch-google-openi-kaggle(RSNA).
+XRV_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "densenet121-res224-all": ("NIH ChestX-ray14", "PadChest", "CheXpert", "MIMIC-CXR", "Google (NIH subset)",
+                               "OpenI", "RSNA Pneumonia"),
+    "densenet121-res224-nih": ("NIH ChestX-ray14",),
+    "densenet121-res224-pc": ("PadChest",),
+    "densenet121-res224-chex": ("CheXpert",),
+    "densenet121-res224-rsna": ("RSNA Pneumonia",),
+    "densenet121-res224-mimic_nb": ("MIMIC-CXR",),
+    "densenet121-res224-mimic_ch": ("MIMIC-CXR",),
+}
+
+
+def installed() -> bool:
+    """Whether torchxrayvision can be imported (without importing it: that pulls in scikit-image)."""
+    return importlib.util.find_spec("torchxrayvision") is not None
+
+
+# cohort.json "source" -> the public datasets its images belong to (RSNA's and Google's images are NIH's).
+SOURCE_DATASETS: dict[str, frozenset[str]] = {
+    "chexpert": frozenset({"CheXpert"}),
+    "nih": frozenset({"NIH ChestX-ray14", "RSNA Pneumonia", "Google (NIH subset)"}),
+}
+
+
+def pretraining_leak(source: str | None, weights: list[str]) -> str:
+    """A one-line warning when a cohort's dataset is one the pretrained weights were trained on, else "".
+
+    Args:
+        source: the cohort's ``source`` (cohort.json), e.g. ``chexpert`` or ``nih``.
+        weights: the weight values of the run's networks (names, paths or ``imagenet``/``none``).
+
+    Returns:
+        The warning text, or "" when there is no overlap.
+    """
+    seen = SOURCE_DATASETS.get((source or "").lower())
+    if not seen:
+        return ""
+    leaky = sorted({w for w in weights if seen & set(XRV_WEIGHTS.get(w, ()))})
+    if not leaky:
+        return ""
+    clean = [w for w, sets in XRV_WEIGHTS.items() if not seen & set(sets)]
+    overlap = sorted(seen & {d for w in leaky for d in XRV_WEIGHTS[w]})
+    return (f"leakage: the cohort comes from {source} and the weights {', '.join(leaky)} were trained on "
+            f"{', '.join(overlap)}; their features have seen these images, so the metrics are optimistic. "
+            f"Weights that did not see them: {', '.join(clean)}")
+
+
+def run_weights(model_cfg) -> list[str]:
+    """The starting-weight values of the networks a run trains or scores with (D, and E for eGAN)."""
+    out = [model_cfg.discriminator_weights or model_cfg.weights]
+    if model_cfg.kind == "egan":
+        out.append(model_cfg.encoder_weights or model_cfg.weights)
+    return out
+
+
+def run_leak_warning(cfg, meta: dict | None) -> str:
+    """``pretraining_leak`` for a run's config and its cohort.json contents (None: provenance unknown, no warning)."""
+    return pretraining_leak((meta or {}).get("source"), run_weights(cfg.model))
