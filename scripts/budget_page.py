@@ -26,7 +26,8 @@ except ImportError:  # run as a file: scripts/ itself is on sys.path
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ["CIFAR-10 1:2500", "CIFAR-10 1:500", "CIFAR-10 1:50", "PneumoniaMNIST 1:36",
             "CIFAR-10 deer vs horse 1:500", "CIFAR-10 ship vs truck 1:500",
-            "CIFAR-10 1:2500 (64 px)", "CIFAR-10 1:500 (64 px)", "PneumoniaMNIST 1:36 (64 px)"]
+            "CIFAR-10 1:2500 (64 px)", "CIFAR-10 1:500 (64 px)", "PneumoniaMNIST 1:36 (64 px)",
+            "CIFAR-10 1:2500 (480 updates)", "CIFAR-10 1:500 (480 updates)", "PneumoniaMNIST 1:36 (480 updates)"]
 RECOMMENDED = "fusion (val-weighted rank)"
 SINGLE = ["paper eGAN", "eGAN, TTUR", "supervised baseline", "kNN one-class", "patch memory"]
 ORDER = SINGLE + ["fusion (mean rank)", RECOMMENDED, "all minority", "all majority"]
@@ -42,7 +43,9 @@ def collect(grid: dict, runs_dir: str) -> pd.DataFrame:
         with open(path, encoding="utf-8") as fh:
             rep = json.load(fh)
         paper = run.exp.get("variant") == "paper eGAN"
-        setting = run.exp["setting"] + (" (64 px)" if str(run.exp.get("variant", "")).startswith("64 px") else "")
+        # "64 px: ..." or "480 updates: ...": a variant of the setting, kept apart from the 32 px short schedule.
+        head, colon, _ = str(run.exp.get("variant", "")).partition(":")
+        setting = run.exp["setting"] + (f" ({head})" if colon else "")
         for r in rep.get("protocol_rows", []):
             model = ("paper eGAN" if paper else "eGAN, TTUR") if r["model"] == "eGAN" else r["model"]
             out.append(dict(setting=setting, run=run.name, protocol=r["protocol"], model=model,
