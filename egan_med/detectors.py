@@ -7,6 +7,7 @@ epoch; one-class detectors (``knn``, ``patchcore``) need no training and are sco
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 from typing import Mapping
@@ -98,7 +99,20 @@ def fit_oneclass_run(cfg: Config, run_dir: str, force: bool = False) -> str:
     create_run_dir(run_dir, cfg, wipe)
     print(f"run '{cfg.name}': {cfg.model.kind} on {cfg.data.cohort} at {cfg.data.image_size}px (no training)", file=sys.stderr)
     oneclass_scores(cfg, splits, cfg.model.kind, run_dir)
+    # As a checkpoint's "cwd": relative config paths mean "from where the run was made", for evaluate elsewhere.
+    with open(os.path.join(run_dir, "oneclass", "run.json"), "w", encoding="utf-8") as fh:
+        json.dump({"cwd": os.getcwd()}, fh)
     return run_dir
+
+
+def oneclass_run_cwd(run_dir: str) -> str | None:
+    """The working directory a one-class run was made from (None when it did not record one)."""
+    path = os.path.join(run_dir, "oneclass", "run.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        cwd = json.load(fh).get("cwd")
+    return cwd if isinstance(cwd, str) else None
 
 
 def run_detectors(cfg: Config, run_dir: str, splits: CohortSplits, device) -> tuple[dict, np.ndarray, np.ndarray]:

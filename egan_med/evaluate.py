@@ -190,22 +190,24 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
 
 
 def _run_kind(run_dir: str) -> str:
-    """model.kind of a run directory, from its config.yaml ("" when it has none)."""
-    import yaml
+    """model.kind of a run directory, from its config.yaml ("" when it has none).
 
+    Raises:
+        ConfigError: config.yaml is unreadable or not strict YAML (read before any report is written).
+    """
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path):
         return ""
-    with open(path, encoding="utf-8") as fh:
-        return (yaml.safe_load(fh) or {}).get("model", {}).get("kind", "")
+    doc = read_yaml(path)
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return str(model.get("kind", "")) if isinstance(model, dict) else ""
 
 
 def _finalize_oneclass(run_dir: str) -> list[dict]:
     """Report of a one-class run (model.kind knn | patchcore): both protocols' rows and the trivial rows."""
-    import yaml
+    from egan_med.detectors import oneclass_run_cwd
 
-    with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8") as fh:
-        cfg = config_from_dict(yaml.safe_load(fh))
+    cfg = resolve_run_paths(config_from_dict(read_yaml(os.path.join(run_dir, "config.yaml"))), oneclass_run_cwd(run_dir))
     splits = load_splits(cfg)
     header, p_rows = budget_section(cfg, run_dir, splits, "cpu")
     first = [r for r in p_rows if r["protocol"] == p_rows[0]["protocol"]]

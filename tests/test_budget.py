@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,9 +107,11 @@ def cohort(tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("kind,label", [("patchcore", "patch memory"), ("knn", "kNN one-class")])
-def test_one_class_kind_runs_alone_and_its_report_states_the_budget(cohort, tmp_path, kind, label):
+def test_one_class_kind_runs_alone_and_its_report_states_the_budget(cohort, tmp_path, kind, label, monkeypatch):
     out = tmp_path / kind
-    assert train_main(["configs/demo.yaml", f"data.cohort={cohort}", f"model.kind={kind}", "eval.knn=false",
+    monkeypatch.chdir(REPO)
+    rel = os.path.relpath(cohort, REPO)  # relative: evaluate from elsewhere must resolve it from the run's cwd
+    assert train_main(["configs/demo.yaml", f"data.cohort={rel}", f"model.kind={kind}", "eval.knn=false",
                        "eval.patchcore=false", "eval.bootstrap=10", "eval.val_minority_budget=3", "--out", str(out),
                        "--threads", "1"]) == 0
     md = (out / "report.md").read_text()
@@ -118,6 +121,11 @@ def test_one_class_kind_runs_alone_and_its_report_states_the_budget(cohort, tmp_
     protos = {(r["protocol"], r["model"], r["val_minority_used"]) for r in rep["protocol_rows"]}
     assert protos == {("realistic", label, 3), ("generous", label, 10)}
     assert rep["rows"][0]["model"] == label and not (out / "checkpoints" / "best.pt").exists()
+    if kind == "knn":  # evaluate from another working directory re-reads the cached scores
+        from egan_med.evaluate import main as evaluate_main
+        monkeypatch.chdir(tmp_path)
+        (out / "report.md").unlink()
+        assert evaluate_main([str(out)]) == 0 and "3 of 10 validation positives" in (out / "report.md").read_text()
 
 
 def test_trained_run_keeps_every_epoch_and_reports_both_protocols(cohort, tmp_path):
