@@ -112,18 +112,19 @@ class DataConfig:
 class ModelConfig:
     """Networks: which backbones, where their weights come from, how much of them trains."""
 
-    kind: str = "egan"  # egan | supervised | knn
+    kind: str = "egan"  # egan | supervised | knn | patchcore (knn and patchcore: one-class, no training)
     encoder: str = "efficientnet_lite0"  # densenet121 | vgg16 | vgg19 | resnet101 | efficientnet_b2 | efficientnet_lite0 | xrv_densenet121
     discriminator: str = "efficientnet_lite0"  # same choices; may differ from the encoder (Table 3)
     weights: str = "imagenet"  # imagenet | none | densenet121-res224-* (xrv_densenet121) | path to a state dict
     encoder_weights: str = ""  # overrides `weights` for E ("" = same as weights)
     discriminator_weights: str = ""  # overrides `weights` for D
     trainable_blocks: int = -1  # -1 = the paper's "top 5 layers" mapping of each backbone
-    train_bn: bool = False  # True: trainable blocks' BatchNorm also update running stats
+    train_bn: bool = False  # True: trainable blocks' BatchNorm also update running stats (D's: from its mixed real+negative batches only)
     latent_dim: int = 128  # size of E's code
     dropout: float = 0.2  # before D's one-unit head
     spectral_norm: bool = False  # spectral normalisation on D's head
     knn_k: int = 5  # neighbours averaged by the kNN one-class baseline
+    patch_memory: int = 10000  # patch memory (patchcore): at most this many normal patches, a seeded random subset
 
     def roles(self) -> tuple[str, ...]:
         """The pretrained networks this kind uses: D (the scorer / classifier), and E for eGAN."""
@@ -183,6 +184,10 @@ class EvalConfig:
     bootstrap: int = 1000  # bootstrap resamples for the 95% CIs (0 = none)
     baseline: bool = False  # also train the supervised baseline on the same cohort
     knn: bool = False  # also fit the one-class kNN on frozen features
+    patchcore: bool = False  # also fit the patch-level one-class memory (PatchCore family)
+    fusion: bool = True  # add a "fusion (mean rank)" row when a run holds two or more detectors
+    val_minority_budget: int = 0  # validation positives selection may use: 0 = all, -1 = as many as training positives, N
+    budget_seed: int = 0  # seed of the budgeted subset of validation positives (the same for every detector)
 
 
 @dataclass
@@ -200,7 +205,7 @@ class Config:
 
 
 # Model kinds and the row labels reports, model cards and study tables give them.
-KIND_LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class"}
+KIND_LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class", "patchcore": "patch memory"}
 # The backbones egan_med.models.backbones.BACKBONES builds (named here so the config is checked without torch;
 # a test keeps the two equal).
 BACKBONE_NAMES = ("densenet121", "vgg16", "vgg19", "resnet101", "efficientnet_b2", "efficientnet_lite0",
@@ -270,6 +275,8 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             _apply(current, value, prefix=f"{full}.")
         else:
             kind = {"int": int, "float": float, "bool": bool, "str": str}[types[key]]
+            if full == "eval.val_minority_budget" and isinstance(value, str) and value.strip().lower() == "train":
+                value = -1  # "train": as many validation positives as training positives
             setattr(obj, key, _coerce(full, value, kind))
 
 
@@ -303,6 +310,8 @@ def _check(cfg: Config) -> None:
     need(0 <= m.dropout < 1, "model.dropout", "must be within [0, 1)")
     need(m.trainable_blocks >= -1, "model.trainable_blocks", "must be -1 (paper mapping) or >= 0")
     need(m.knn_k >= 1, "model.knn_k", "must be >= 1")
+    need(m.patch_memory >= 1, "model.patch_memory", "must be >= 1")
+    need(e.val_minority_budget >= -1, "eval.val_minority_budget", "must be 0 (all), -1 (as many as training positives) or N >= 1")
     _check_xrv(cfg, need)
     need(t.epochs >= 1, "train.epochs", "must be >= 1")
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
@@ -432,3 +441,25 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config as YAML, atomically."""
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def reference_table() -> str:
+    """The README's config reference: one Markdown row per key, from the dataclasses' defaults and comments.
+
+    Returns:
+        The table rows (without the header), one per line, in declaration order.
+    """
+    import inspect
+    import re
+
+    rows = []
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        comments = dict(re.findall(r"^\s+(\w+): [^=\n]+= [^\n#]*#\s*(.*)$", inspect.getsource(cls), re.M))
+        for f in fields(cls):
+            meaning = comments.get(f.name, "").replace("|", "\\|")
+            rows.append(f"| `{section}.{f.name}` | `{f.default!r}` | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_table())

@@ -21,7 +21,11 @@ from egan_med.config import KIND_LABELS, Config, ConfigError, config_from_dict, 
 from egan_med.io import write_json
 from egan_med.scoring import score_loader
 from egan_med.splits import CohortSplits, load_splits
+from egan_med.detectors import budget_section, oneclass_scores
 from egan_med.xrv import run_leak_warning
+
+from egan_med.detectors import ONECLASS
+
 
 def _eval_loaders(cfg: Config, splits: CohortSplits, names: tuple[str, ...]) -> dict:
     from egan_med import data as dl
@@ -114,6 +118,8 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     Returns:
         The report rows.
     """
+    if _run_kind(run_dir) in ONECLASS:
+        return _finalize_oneclass(run_dir)
     net, cfg, state = load_scorer(run_dir)
     config_yaml = os.path.join(run_dir, "config.yaml")
     if os.path.exists(config_yaml):  # the model card reads it last: fail now, before any report is written
@@ -147,7 +153,7 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
         b = np.load(os.path.join(baseline_dir, f"scores_{split}.npz"))
         curves[b_rows[0]["model"]] = (b["y"], -b["logit"], b_rows[0]["threshold"])
     if cfg.eval.knn and cfg.model.kind == "egan":
-        rows.append(_knn_row(cfg, splits, counts, split, dev, curves))
+        rows.append(_knn_row(cfg, splits, counts, split, dev, curves, run_dir))
     rows += report.trivial_rows(y_rep, counts)
 
     notes = [f"Epoch {chosen.epoch} selected on the validation split by '{cfg.eval.select}'; "
@@ -168,8 +174,9 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     leak = run_leak_warning(cfg, splits.meta)
     if leak:
         print(f"warning: {leak}", file=sys.stderr)
+    header, p_rows = budget_section(cfg, run_dir, splits, dev) if default else ([], [])
     report.write_report(out_dir, rows, f"{cfg.name}: {label} on {os.path.basename(os.path.dirname(cfg.data.cohort))}",
-                        notes, split, warnings=[leak] if leak else [])
+                        notes, split, warnings=[leak] if leak else [], header=header, protocol_rows=p_rows)
     plots.plot_correct_counts(history, os.path.join(run_dir, "correct_counts.png"), split="test", nash_threshold=cfg.eval.nash_threshold)
     plots.plot_losses(history, os.path.join(run_dir, "losses.png"))
     plots.plot_roc_pr(curves, os.path.join(out_dir, f"roc_pr_{split}.png"))
@@ -182,16 +189,42 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     return rows
 
 
-def _knn_row(cfg: Config, splits: CohortSplits, counts: dict, split: str, dev, curves: dict) -> dict:
-    from egan_med import data as dl
-    from egan_med.models.knn import KNNOneClass
+def _run_kind(run_dir: str) -> str:
+    """model.kind of a run directory, from its config.yaml ("" when it has none).
 
-    knn = KNNOneClass(cfg.model.discriminator, cfg.model.weights_for("discriminator"), cfg.model.knn_k, dev)
-    major = dl.make_loader(dl.make_dataset(splits.train_majority, splits.root, cfg.data, train=False), 256, False, cfg.data.num_workers, 0)
-    knn.fit(major)
-    loaders = _eval_loaders(cfg, splits, ("val", split) if split != "val" else ("val",))
-    y_val, s_val = knn.score(loaders["val"])
-    y_rep, s_rep = (y_val, s_val) if split == "val" else knn.score(loaders[split])
+    Raises:
+        ConfigError: config.yaml is unreadable or not strict YAML (read before any report is written).
+    """
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        return ""
+    doc = read_yaml(path)
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return str(model.get("kind", "")) if isinstance(model, dict) else ""
+
+
+def _finalize_oneclass(run_dir: str) -> list[dict]:
+    """Report of a one-class run (model.kind knn | patchcore): both protocols' rows and the trivial rows."""
+    from egan_med.detectors import oneclass_run_cwd
+
+    cfg = resolve_run_paths(config_from_dict(read_yaml(os.path.join(run_dir, "config.yaml"))), oneclass_run_cwd(run_dir))
+    splits = load_splits(cfg)
+    header, p_rows = budget_section(cfg, run_dir, splits, "cpu")
+    first = [r for r in p_rows if r["protocol"] == p_rows[0]["protocol"]]
+    y_test = oneclass_scores(cfg, splits, cfg.model.kind, run_dir)["y_test"]
+    rows = first + report.trivial_rows(y_test, splits.counts())
+    notes = ["No training: fitted on the majority training images only; the operating point is set on the "
+             "validation images the label budget allows, then applied unchanged to test.",
+             f"Confidence intervals: 95% stratified bootstrap, {cfg.eval.bootstrap} resamples."]
+    report.write_report(run_dir, rows, f"{cfg.name}: {KIND_LABELS[cfg.model.kind]} on "
+                        f"{os.path.basename(os.path.dirname(cfg.data.cohort))}", notes, "test", header=header, protocol_rows=p_rows)
+    return rows
+
+
+def _knn_row(cfg: Config, splits: CohortSplits, counts: dict, split: str, dev, curves: dict, run_dir: str) -> dict:
+    d = oneclass_scores(cfg, splits, "knn", run_dir, dev)  # cached: the budget section reuses it
+    y_val, s_val = d["y_val"], d["s_val"]
+    y_rep, s_rep = (y_val, s_val) if split == "val" else (d["y_test"], d["s_test"])
     # A distance has no natural zero: logit0 falls back to the configured specificity on val.
     rule = "specificity" if cfg.eval.operating_point == "logit0" else cfg.eval.operating_point
     thr = thresholds.operating_threshold(rule, y_val, s_val, cfg.eval.target)

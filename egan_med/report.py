@@ -133,13 +133,34 @@ def _count_keys(split: str) -> tuple[str, ...]:
     return tuple(k.replace("test_", f"{split}_") for k in _COUNT_KEYS)
 
 
+def _protocol_markdown(rows: Sequence[Mapping], header: Sequence[str]) -> list[str]:
+    """The label-budget section: every detector under each protocol, epoch and threshold chosen under it."""
+    lines = ["## Label budget: realistic and generous selection", "", *header, "",
+             "| Protocol | val positives used | Model | epoch | operating point | AUROC | Sens@90%Spec | Recall | "
+             "Specificity | F1 |", "|" + "---|" * 10]
+    for r in rows:
+        epoch = "-" if r.get("epoch", -1) < 0 else str(r["epoch"])
+        op = f"{r['operating_point']} (t={r['threshold']:.3g})"
+        cells = [r["protocol"], r["val_minority_used"], r["model"], epoch, op,
+                 *(fmt_interval(r[k], r.get(f"{k}_lo"), r.get(f"{k}_hi"))
+                   for k in ("auroc", "sens_at_spec", "recall", "specificity", "f1"))]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "Selection per row: " + "; ".join(sorted({f"{r['model']}: {r['selection'].split(' on ')[0]}"
+                                                            for r in rows if r["protocol"] == rows[0]["protocol"]})), ""]
+    return lines
+
+
 def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
-              warnings: Sequence[str] = ()) -> str:
+              warnings: Sequence[str] = (), header: Sequence[str] = (),
+              protocol_rows: Sequence[Mapping] = ()) -> str:
     targets = {round(100 * float(r.get("spec_target", 0.9))) for r in rows}
     spec = f"{targets.pop()}" if len(targets) == 1 else "?"
     headers = ["Model", "#train minor", "#train major", f"#{split} minor", f"#{split} major", "ratio",
                "operating point"] + [h.format(spec=spec) for _, h in _md_metrics()]
     lines = [f"# {title}", ""] + [f"**Warning: {w}**\n" for w in warnings]
+    if protocol_rows:
+        lines += _protocol_markdown(protocol_rows, header)
+        lines += ["## Checkpoint rows (selected on every validation positive) and the paper's optimistic rows", ""]
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
         op = r["operating_point"] if r["operating_point"] == "constant" \
@@ -171,7 +192,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
-                 warnings: Sequence[str] = ()) -> None:
+                 warnings: Sequence[str] = (), header: Sequence[str] = (),
+                 protocol_rows: Sequence[Mapping] = ()) -> None:
     """Write report.md, report.csv and report.json into ``run_dir``, each atomically.
 
     Args:
@@ -182,12 +204,17 @@ def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Seque
         split: the split the rows were measured on; its name labels the count columns.
         warnings: problems that change how to read every number (e.g. pretraining leakage): shown under
             the title of report.md and stored as report.json's "warnings".
+        header: the label-budget lines (``budget.budget_header``), shown above everything.
+        protocol_rows: ``budget.protocol_rows`` (every detector under each protocol), as a first section.
     """
     os.makedirs(run_dir, exist_ok=True)
     names = dict(zip(_COUNT_KEYS, _count_keys(split)))
     rows = [{names.get(k, k): v for k, v in r.items()} for r in rows]
-    write_text(os.path.join(run_dir, "report.md"), _markdown(rows, title, notes, split, warnings))
+    write_text(os.path.join(run_dir, "report.md"),
+               _markdown(rows, title, notes, split, warnings, header, protocol_rows))
     write_text(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
     payload = {"title": title, "split": split, "warnings": list(warnings), "rows": rows, "notes": list(notes)}
+    if protocol_rows:
+        payload.update(label_budget=list(header), protocol_rows=[dict(r) for r in protocol_rows])
     write_text(os.path.join(run_dir, "report.json"),
                   json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

@@ -33,6 +33,7 @@ from egan_med.models import (Classifier, Discriminator, Encoder, EncoderGenerato
                              count_parameters)
 from egan_med.feature_cache import trunk_cache
 from egan_med import metrics, selection
+from egan_med.detectors import ONECLASS, fit_oneclass_run, save_epoch_scores
 
 
 def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
@@ -218,6 +219,7 @@ def _end_epoch(cfg: Config, run_dir: str, row: dict, history: list[dict], d: _Da
     for split, (y, logits) in scored.items():  # minority is the positive class, score = -logit
         writer.add_pr_curve(f"{split}/pr_curve", y, torch.sigmoid(-torch.as_tensor(logits)), epoch)
     write_table_atomic(pd.DataFrame(history), os.path.join(run_dir, "metrics.csv"))
+    save_epoch_scores(run_dir, epoch, scored)  # any label budget can pick its own epoch later
     # cwd: relative paths in the config (cohort, root, cache) mean "from where training ran", so
     # evaluate/predict/export can resolve them from any working directory.
     state = {"config": cfg.to_dict(), "cwd": os.getcwd(), "epoch": epoch, "history": history, "rng": rng_state(),
@@ -322,7 +324,7 @@ def _print_summary(cfg: Config, splits: CohortSplits, nets: dict) -> None:
 def dry_run(cfg: Config) -> None:
     """Build cohort and networks, print parameter counts and split sizes, and exit."""
     splits = load_splits(cfg)
-    nets = build_networks(cfg) if cfg.model.kind != "knn" else {}
+    nets = build_networks(cfg) if cfg.model.kind not in ONECLASS else {}
     _print_summary(cfg, splits, nets)
 
 
@@ -354,11 +356,15 @@ def main(argv: list[str] | None = None) -> int:
             dry_run(cfg)
             return 0
         run_dir = args.out or os.path.join("runs", cfg.name)
-        train(cfg, run_dir, resume=True if args.resume else None, force=args.force)
+        if cfg.model.kind in ONECLASS:  # nothing to train: fit on the majority images, score, report
+            fit_oneclass_run(cfg, run_dir, force=args.force)
+        else:
+            train(cfg, run_dir, resume=True if args.resume else None, force=args.force)
         if cfg.eval.baseline and cfg.model.kind == "egan":
             # Same cohort, splits, backbone and freezing; only the objective differs.
             base = copy.deepcopy(cfg)
             base.name, base.model.kind, base.eval.baseline, base.eval.knn = f"{cfg.name}-baseline", "supervised", False, False
+            base.eval.patchcore = False  # one-class detectors belong to the parent run's report
             train(base, os.path.join(run_dir, "baseline"), resume=True if args.resume else None, force=args.force)
         if int(os.environ.get("RANK", "0")) == 0:
             from egan_med.evaluate import finalize_run

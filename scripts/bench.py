@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,16 +131,17 @@ def check_root(flag: str, path: Path) -> Path:
 
 def cifar_tree(tmp: Path, cifar: Path = CIFAR) -> Path:
     """The CIFAR class folders with official val/test: carving val from train would leave 4,975 automobiles
-    for training, so val and test are disjoint halves of the official test set (all symbolic links)."""
+    for training, so val and test are disjoint halves of the official test set. Copies, not symbolic links: the
+    cohort builder refuses links that lead out of its data root (CIFAR's JPEGs are a few KB each)."""
     tree = tmp / "cifar"
     (tree / "train").mkdir(parents=True)
     for cls in ("airplane", "automobile"):
-        os.symlink(cifar / "train" / cls, tree / "train" / cls)
+        shutil.copytree(cifar / "train" / cls, tree / "train" / cls)
         files = sorted((cifar / "test" / cls).iterdir())
         for split, part in (("test", files[: len(files) // 2]), ("val", files[len(files) // 2:])):
             (tree / split / cls).mkdir(parents=True)
             for f in part:
-                os.symlink(f, tree / split / cls / f.name)
+                shutil.copy2(f, tree / split / cls / f.name)
     return tree
 
 
