@@ -15,16 +15,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from egan_med import metrics, model_card, plots, report, selection, thresholds
-from egan_med.checkpoint import CheckpointError, load_checkpoint
+from egan_med.evaluation import metrics, model_card, plots, report, selection, thresholds
+from egan_med.engine.checkpoint import CheckpointError, load_checkpoint
 from egan_med.config import KIND_LABELS, Config, ConfigError, config_from_dict, read_yaml
 from egan_med.io import write_json
-from egan_med.scoring import score_loader
-from egan_med.splits import CohortSplits, load_splits
-from egan_med.detectors import budget_section, oneclass_scores
+from egan_med.evaluation.scoring import score_loader
+from egan_med.cohort.splits import CohortSplits, load_splits
+from egan_med.evaluation.detectors import budget_section, oneclass_scores
 from egan_med.xrv import run_leak_warning
 
-from egan_med.detectors import ONECLASS
+from egan_med.evaluation.detectors import ONECLASS
 
 
 def _eval_loaders(cfg: Config, splits: CohortSplits, names: tuple[str, ...]) -> dict:
@@ -205,7 +205,7 @@ def _run_kind(run_dir: str) -> str:
 
 def _finalize_oneclass(run_dir: str) -> list[dict]:
     """Report of a one-class run (model.kind knn | patchcore): both protocols' rows and the trivial rows."""
-    from egan_med.detectors import oneclass_run_cwd
+    from egan_med.evaluation.detectors import oneclass_run_cwd
 
     cfg = resolve_run_paths(config_from_dict(read_yaml(os.path.join(run_dir, "config.yaml"))), oneclass_run_cwd(run_dir))
     splits = load_splits(cfg)

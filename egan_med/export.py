@@ -79,7 +79,7 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
     Raises:
         ExportError: no run or checkpoint, or an export that disagrees with PyTorch.
     """
-    from egan_med.checkpoint import CheckpointError
+    from egan_med.engine.checkpoint import CheckpointError
     from egan_med.config import ConfigError
     from egan_med.evaluate import load_scorer
     from egan_med.models import WeightsError
@@ -135,7 +135,7 @@ META_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/d
 def _inference_config(cfg, threshold: float) -> dict:
     """configs/inference.json: MONAI Dataset/DataLoader around egan_med's reader, the TorchScript network."""
     return {
-        "imports": ["$import torch", "$import egan_med.bundle as egan_bundle", "$import egan_med.runtime as egan_runtime"],
+        "imports": ["$import torch", "$import egan_med.bundle as egan_bundle", "$import egan_med.engine.runtime as egan_runtime"],
         "bundle_root": ".",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "dataset_dir": "images",
@@ -162,7 +162,7 @@ def _metadata(run_dir: str, cfg, op: dict, splits) -> dict:
     from importlib import metadata as md
 
     from egan_med import xrv
-    from egan_med.model_card import LIMITS, _validation_row, weights_source
+    from egan_med.evaluation.model_card import LIMITS, _validation_row, weights_source
 
     def version(dist: str) -> str:
         try:
@@ -240,13 +240,13 @@ def export_bundle(run_dir: str, out_dir: str) -> dict:
     import shutil
     import tempfile
 
-    from egan_med import model_card
-    from egan_med.checkpoint import CheckpointError
+    from egan_med.evaluation import model_card
+    from egan_med.engine.checkpoint import CheckpointError
     from egan_med.cohort import CohortError
     from egan_med.config import ConfigError
     from egan_med.models import WeightsError
     from egan_med.predict import PredictError, load_run
-    from egan_med.splits import load_splits
+    from egan_med.cohort.splits import load_splits
 
     if os.path.exists(out_dir):
         raise ExportError(f"bundle folder already exists: {out_dir} (remove it or choose another)")

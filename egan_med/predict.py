@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from egan_med.config import Config
 from egan_med.image_formats import IMAGE_SUFFIXES  # the reader's list, shared with cohort building
-from egan_med.rundir import write_table_atomic
-from egan_med.runtime import autocast, cpu_speedups
+from egan_med.engine.rundir import write_table_atomic
+from egan_med.engine.runtime import autocast, cpu_speedups
 
 
 class PredictError(ValueError):
@@ -156,7 +156,7 @@ def read_operating_point(run_dir: str) -> dict:
 
 def load_run(run_dir: str) -> tuple[torch.nn.Module, Config, dict]:
     """The run's scoring network (best checkpoint), config and operating point; PredictError when unusable."""
-    from egan_med.checkpoint import CheckpointError
+    from egan_med.engine.checkpoint import CheckpointError
     from egan_med.config import ConfigError
     from egan_med.evaluate import load_scorer
     from egan_med.models import WeightsError

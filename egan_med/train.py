@@ -22,18 +22,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from egan_med.config import Config, ConfigError, load_config
-from egan_med.checkpoint import load_checkpoint, save_checkpoint
+from egan_med.engine.checkpoint import load_checkpoint, save_checkpoint
 from egan_med.engine.steps import STEPS, StepBatch, StepNets
-from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, release_run_dirs, write_table_atomic
-from egan_med.runtime import Runtime, autocast, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
-from egan_med.scoring import score_loader
-from egan_med.splits import CohortSplits, load_splits
+from egan_med.engine.rundir import RunDirError, check_run_dir, create_run_dir, release_run_dirs, write_table_atomic
+from egan_med.engine.runtime import Runtime, autocast, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
+from egan_med.evaluation.scoring import score_loader
+from egan_med.cohort.splits import CohortSplits, load_splits
 from egan_med.xrv import run_leak_warning
 from egan_med.models import (Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, WeightsError,
                              count_parameters)
-from egan_med.feature_cache import trunk_cache
-from egan_med import metrics, selection
-from egan_med.detectors import ONECLASS, fit_oneclass_run, save_epoch_scores
+from egan_med.engine.feature_cache import trunk_cache
+from egan_med.evaluation import metrics, selection
+from egan_med.evaluation.detectors import ONECLASS, fit_oneclass_run, save_epoch_scores
 
 
 def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from egan_med.cohort import CohortError
     from egan_med.data import BadImageError
-    from egan_med.checkpoint import CheckpointError
+    from egan_med.engine.checkpoint import CheckpointError
     try:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:

@@ -27,8 +27,8 @@ import torchvision
 from egan_med.config import ModelConfig, TrainConfig  # noqa: E402
 from egan_med.engine import steps as engine_steps  # noqa: E402
 from egan_med.engine.steps import StepBatch, StepNets  # noqa: E402
-from egan_med.feature_cache import trunk_cache  # noqa: E402
-from egan_med.runtime import autocast  # noqa: E402
+from egan_med.engine.feature_cache import trunk_cache  # noqa: E402
+from egan_med.engine.runtime import autocast  # noqa: E402
 from egan_med.models import Discriminator, Encoder, EncoderGenerator, Generator, ScorePair  # noqa: E402
 
 VARIANTS = ("naive", "feature_cache")

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from egan_med.io import fmt_bounds, write_json
-from egan_med.metrics import METRIC_NAMES
+from egan_med.evaluation.metrics import METRIC_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,8 +6,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from egan_med.cohort_options import CohortOptions
-from egan_med.cohort_sources import read_folder
+from egan_med.cohort.options import CohortOptions
+from egan_med.cohort.sources import read_folder
 from egan_med.data.readers import load_image
 from egan_med.image_formats import IMAGE_SUFFIXES
 from egan_med.predict import list_inputs

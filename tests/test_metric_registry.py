@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from egan_med import metrics, model_card, report, train
+from egan_med.evaluation import metrics, model_card, report
+from egan_med import train
 
 
 def _youden_point(p: metrics.Split) -> float:

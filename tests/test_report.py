@@ -1,4 +1,4 @@
-"""egan_med.report and egan_med.plots: Table 6 rows, the three report files, valid PNGs."""
+"""egan_med.evaluation.report and egan_med.evaluation.plots: Table 6 rows, the three report files, valid PNGs."""
 import json
 import math
 import os
@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from egan_med.metrics import METRIC_NAMES, binary_metrics, bootstrap_ci
-from egan_med.plots import plot_correct_counts, plot_losses, plot_roc_pr
-from egan_med.report import report_row, trivial_rows, write_report
-from egan_med.selection import nash_epochs
+from egan_med.evaluation.metrics import METRIC_NAMES, binary_metrics, bootstrap_ci
+from egan_med.evaluation.plots import plot_correct_counts, plot_losses, plot_roc_pr
+from egan_med.evaluation.report import report_row, trivial_rows, write_report
+from egan_med.evaluation.selection import nash_epochs
 
 COUNTS = {"train_minority": 30, "train_majority": 1080, "test_minority": 1000, "test_majority": 1000}
 

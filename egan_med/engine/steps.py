@@ -14,7 +14,7 @@ import torch
 from egan_med.config import TrainConfig
 from egan_med.models import objectives as obj
 from egan_med.models.egan import frozen_batchnorm_stats
-from egan_med.runtime import autocast
+from egan_med.engine.runtime import autocast
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Operating thresholds: the cut on the minority score that reaches a sensitivity or specificity on validation.
 
-Conventions as in egan_med.metrics: ``s`` is a minority score (``-logit``), minority when ``s > t``.
+Conventions as in egan_med.evaluation.metrics: ``s`` is a minority score (``-logit``), minority when ``s > t``.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from egan_med.metrics import _EPS, _check
+from egan_med.evaluation.metrics import _EPS, _check
 
 
 def _needed(target: float, n: int) -> int:

@@ -3,7 +3,7 @@
 A cohort is a folder with ``cohort.csv`` (one row per image: path, minority, split, fold, patient, study),
 ``cohort.json`` (options, seed, input SHA-256, root, counts, stage table, exclusion summary) and, when not too
 big, ``excluded.csv`` (path, reason). Splits are patient-disjoint and checked before anything is written;
-the folder appears atomically. Source readers live in egan_med.cohort_sources.
+the folder appears atomically. Source readers live in egan_med.cohort.sources.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from egan_med.cohort_options import (SPLITS, CohortError, CohortOptions, check_paths_inside,  # noqa: F401 - re-exported
+from egan_med.cohort.options import (SPLITS, CohortError, CohortOptions, check_paths_inside,  # noqa: F401 - re-exported
                                      check_real_paths, stage)
-from egan_med.cohort_sources import read_source
+from egan_med.cohort.sources import read_source
 
 MANIFEST_COLUMNS = ["path", "minority", "split", "fold", "patient", "study"]
 FORMAT = "egan_med.cohort/1"

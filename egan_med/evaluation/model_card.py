@@ -9,7 +9,8 @@ from importlib import metadata
 import numpy as np
 import pandas as pd
 
-from egan_med import metrics, xrv
+from egan_med.evaluation import metrics
+from egan_med import xrv
 from egan_med.config import KIND_LABELS, Config, config_from_dict, read_yaml
 from egan_med.io import file_hash, fmt_interval, write_text
 

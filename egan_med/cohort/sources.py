@@ -21,7 +21,7 @@ import pandas as pd
 
 from egan_med.image_formats import IMAGE_SUFFIXES
 from egan_med.io import file_hash
-from egan_med.cohort_options import SPLITS, CohortError, CohortOptions, check_paths_inside, stage
+from egan_med.cohort.options import SPLITS, CohortError, CohortOptions, check_paths_inside, stage
 
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
                    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",

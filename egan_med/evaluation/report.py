@@ -9,9 +9,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from egan_med import metrics as registry  # report_row has an argument named metrics
+from egan_med.evaluation import metrics as registry  # report_row has an argument named metrics
 from egan_med.io import fmt_interval, write_text
-from egan_med.metrics import binary_metrics
+from egan_med.evaluation.metrics import binary_metrics
 
 _COUNT_KEYS = ("train_minority", "train_majority", "test_minority", "test_majority")
 
@@ -88,7 +88,7 @@ def paper_protocol_rows(history: pd.DataFrame, label: str, counts: Mapping[str, 
     Returns:
         The two report rows.
     """
-    from egan_med.selection import select_epoch_paper_protocol
+    from egan_med.evaluation.selection import select_epoch_paper_protocol
 
     paper = select_epoch_paper_protocol(history, "test_f1")
     at = history[history.epoch == paper.epoch].iloc[0]

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from egan_med.io import atomic_path
-from egan_med.selection import as_frame, nash_epochs
+from egan_med.evaluation.selection import as_frame, nash_epochs
 
 History = pd.DataFrame | Iterable[Mapping]
 

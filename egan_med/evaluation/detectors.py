@@ -15,10 +15,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from egan_med import budget as bud
+from egan_med.evaluation import budget as bud
 from egan_med.config import KIND_LABELS, Config
 from egan_med.io import atomic_path, write_json
-from egan_med.splits import CohortSplits
+from egan_med.cohort.splits import CohortSplits
 
 ONECLASS = ("knn", "patchcore")
 LABELS = KIND_LABELS  # the row label of each model kind
@@ -90,8 +90,8 @@ def oneclass_scores(cfg: Config, splits: CohortSplits, kind: str, run_dir: str,
 
 def fit_oneclass_run(cfg: Config, run_dir: str, force: bool = False) -> str:
     """``model.kind: knn | patchcore``: a run with no training; writes config and scores into ``run_dir``."""
-    from egan_med.rundir import check_run_dir, create_run_dir
-    from egan_med.splits import load_splits
+    from egan_med.engine.rundir import check_run_dir, create_run_dir
+    from egan_med.cohort.splits import load_splits
 
     wipe = check_run_dir(run_dir, cfg, resume=None, force=force)
     splits = load_splits(cfg)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from egan_med.runtime import autocast, cpu_speedups
+from egan_med.engine.runtime import autocast, cpu_speedups
 
 
 @torch.no_grad()

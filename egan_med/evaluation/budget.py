@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from egan_med import metrics, report, thresholds
+from egan_med.evaluation import metrics, report, thresholds
 
 GENEROUS, REALISTIC = "generous", "realistic"
 FUSION_MEAN, FUSION_WEIGHTED = "fusion (mean rank)", "fusion (val-weighted rank)"

@@ -1,4 +1,4 @@
-"""Binary metrics, declared once in a registry, and their bootstrap intervals (thresholds: egan_med.thresholds).
+"""Binary metrics, declared once in a registry, and their bootstrap intervals (thresholds: egan_med.evaluation.thresholds).
 
 Conventions: ``y`` is 1 for the minority (the positive class, e.g. pneumonia) and 0 for the
 majority. ``s`` is a minority score, ``s = -logit`` for a discriminator whose positive logit
