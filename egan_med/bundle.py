@@ -16,7 +16,7 @@ import torch
 from monai.transforms import MapTransform
 
 from egan_med.config import config_from_dict
-from egan_med.rundir import write_table_atomic
+from egan_med.engine.rundir import write_table_atomic
 
 
 def list_images(folder: str) -> list[dict[str, str]]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from egan_med.io import write_text
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the fix."""
@@ -124,6 +126,26 @@ class ModelConfig:
     knn_k: int = 5  # neighbours averaged by the kNN one-class baseline
     patch_memory: int = 10000  # patch memory (patchcore): at most this many normal patches, a seeded random subset
 
+    def roles(self) -> tuple[str, ...]:
+        """The pretrained networks this kind uses: D (the scorer / classifier), and E for eGAN."""
+        return ("discriminator", "encoder") if self.kind == "egan" else ("discriminator",)
+
+    def weights_key(self, role: str) -> str:
+        """The config key that decides ``role``'s starting weights: its override when set, else model.weights.
+
+        Args:
+            role: ``encoder`` or ``discriminator``.
+
+        Returns:
+            ``model.encoder_weights``, ``model.discriminator_weights`` or ``model.weights``.
+        """
+        override = f"{role}_weights"
+        return f"model.{override}" if getattr(self, override) else "model.weights"
+
+    def weights_for(self, role: str) -> str:
+        """``role``'s starting weights: ``imagenet``, ``none``, a torchxrayvision weight set or a file."""
+        return getattr(self, self.weights_key(role).removeprefix("model."))
+
 
 @dataclass
 class TrainConfig:
@@ -182,13 +204,28 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# Model kinds and the row labels reports, model cards and study tables give them.
+KIND_LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class", "patchcore": "patch memory"}
+# The backbones egan_med.models.backbones.BACKBONES builds (named here so the config is checked without torch;
+# a test keeps the two equal).
+BACKBONE_NAMES = ("densenet121", "vgg16", "vgg19", "resnet101", "efficientnet_b2", "efficientnet_lite0",
+                  "xrv_densenet121")
+
 _CHOICES = {
     "data.kind": ("radiograph", "natural"),
     "data.on_bad_image": ("fail", "skip"),
-    "model.kind": ("egan", "supervised", "knn", "patchcore"),
+    "model.kind": tuple(KIND_LABELS),
+    "model.encoder": BACKBONE_NAMES,
+    "model.discriminator": BACKBONE_NAMES,
     "eval.select": ("val_auroc", "val_f1", "nash"),
     "eval.operating_point": ("logit0", "sensitivity", "specificity"),
 }
+
+
+def _closest(value: Any, valid: tuple[str, ...] | list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the valid name closest to ``value``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value), list(valid), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -257,7 +294,7 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{key}={_shown(_get(cfg, key))}: {why}")
 
     for key, allowed in _CHOICES.items():
-        need(_get(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}")
+        need(_get(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}" + _closest(_get(cfg, key), allowed))
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     # The name becomes runs/<name>: it must stay one folder inside runs/, never a path out of it.
     need(bool(cfg.name) and cfg.name not in (".", "..") and not any(c in cfg.name for c in "/\\\0"), "name",
@@ -303,11 +340,15 @@ def _check_xrv(cfg: Config, need) -> None:
     from egan_med import xrv
 
     m = cfg.model
-    networks = [("discriminator", m.discriminator, "model.discriminator_weights" if m.discriminator_weights else "model.weights")]
-    if m.kind == "egan":
-        networks.append(("encoder", m.encoder, "model.encoder_weights" if m.encoder_weights else "model.weights"))
-    for role, backbone, key in networks:
-        weights = _get(cfg, key)
+    names = ("imagenet", "none", *xrv.XRV_WEIGHTS)
+    for key in ("model.weights", "model.encoder_weights", "model.discriminator_weights"):
+        value = _get(cfg, key)
+        # A bare word is a weights name, never a file: catch 'imagnet' here, not after every image is decoded.
+        looks_like_name = value and not os.path.splitext(value)[1] and not any(c in value for c in "/\\")
+        if looks_like_name and value not in names and not os.path.isfile(value):
+            need(False, key, f"must be one of {', '.join(names)} or a state-dict file" + _closest(value, names))
+    for role in m.roles():
+        backbone, key, weights = getattr(m, role), m.weights_key(role), m.weights_for(role)
         if backbone == xrv.XRV_BACKBONE:
             need(xrv.installed(), f"model.{role}", "needs torchxrayvision: pip install 'egan_med[xrv]'")
             need(weights != "imagenet", key, f"{backbone} has no ImageNet weights; use one of "
@@ -399,10 +440,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config as YAML, atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def reference_table() -> str:

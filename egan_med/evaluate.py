@@ -7,7 +7,6 @@ only as a row labelled "optimistic (paper protocol)".
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -16,15 +15,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from egan_med import metrics, model_card, plots, report, selection
-from egan_med.checkpoint import CheckpointError, load_checkpoint
-from egan_med.config import Config, ConfigError, config_from_dict, read_yaml
-from egan_med.scoring import score_loader
-from egan_med.splits import CohortSplits, load_splits
-from egan_med.detectors import budget_section, oneclass_scores
+from egan_med.evaluation import metrics, model_card, plots, report, selection, thresholds
+from egan_med.engine.checkpoint import CheckpointError, load_checkpoint
+from egan_med.config import KIND_LABELS, Config, ConfigError, config_from_dict, read_yaml
+from egan_med.io import write_json
+from egan_med.evaluation.scoring import score_loader
+from egan_med.cohort.splits import CohortSplits, load_splits
+from egan_med.evaluation.detectors import budget_section, oneclass_scores
 from egan_med.xrv import run_leak_warning
 
-from egan_med.detectors import LABELS, ONECLASS
+from egan_med.evaluation.detectors import ONECLASS
 
 
 def _eval_loaders(cfg: Config, splits: CohortSplits, names: tuple[str, ...]) -> dict:
@@ -137,8 +137,8 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     y_rep, logit_rep, _ = (y_val, logit_val, None) if split == "val" else score_loader(
         net, loaders[split], dev, cfg.train.amp, progress=f"scoring {split}")
     rule, target = _operating_point(cfg, sensitivity, specificity, threshold)
-    thr = threshold if rule == "fixed" else metrics.operating_threshold(rule, y_val, -logit_val, target)
-    label = LABELS[cfg.model.kind]
+    thr = threshold if rule == "fixed" else thresholds.operating_threshold(rule, y_val, -logit_val, target)
+    label = KIND_LABELS[cfg.model.kind]
     rows = [_row(label, counts, rule, target, thr, y_rep, -logit_rep, cfg, chosen.reason, cfg.train.seed)]
     curves = {label: (y_rep, -logit_rep, thr)}
     np.savez(os.path.join(run_dir, f"scores_{split}.npz"), y=y_rep, logit=logit_rep)
@@ -180,9 +180,9 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     plots.plot_correct_counts(history, os.path.join(run_dir, "correct_counts.png"), split="test", nash_threshold=cfg.eval.nash_threshold)
     plots.plot_losses(history, os.path.join(run_dir, "losses.png"))
     plots.plot_roc_pr(curves, os.path.join(out_dir, f"roc_pr_{split}.png"))
-    with open(os.path.join(out_dir, "operating_point.json"), "w", encoding="utf-8") as fh:
-        json.dump({"rule": rule, "target": target, "threshold": float(thr), "chosen_on": "val",
-                   "epoch": int(chosen.epoch), "selection": chosen.reason, "score": "minority score = -logit; minority when score > threshold"}, fh, indent=2)
+    write_json(os.path.join(out_dir, "operating_point.json"),
+               {"rule": rule, "target": target, "threshold": float(thr), "chosen_on": "val", "epoch": int(chosen.epoch),
+                "selection": chosen.reason, "score": "minority score = -logit; minority when score > threshold"}, indent=2)
     if default:
         _log_hparams(run_dir, cfg, rows[0])
         model_card.write_model_card(run_dir, val_scores=(y_val, logit_val))
@@ -205,7 +205,7 @@ def _run_kind(run_dir: str) -> str:
 
 def _finalize_oneclass(run_dir: str) -> list[dict]:
     """Report of a one-class run (model.kind knn | patchcore): both protocols' rows and the trivial rows."""
-    from egan_med.detectors import oneclass_run_cwd
+    from egan_med.evaluation.detectors import oneclass_run_cwd
 
     cfg = resolve_run_paths(config_from_dict(read_yaml(os.path.join(run_dir, "config.yaml"))), oneclass_run_cwd(run_dir))
     splits = load_splits(cfg)
@@ -216,7 +216,7 @@ def _finalize_oneclass(run_dir: str) -> list[dict]:
     notes = ["No training: fitted on the majority training images only; the operating point is set on the "
              "validation images the label budget allows, then applied unchanged to test.",
              f"Confidence intervals: 95% stratified bootstrap, {cfg.eval.bootstrap} resamples."]
-    report.write_report(run_dir, rows, f"{cfg.name}: {LABELS[cfg.model.kind]} on "
+    report.write_report(run_dir, rows, f"{cfg.name}: {KIND_LABELS[cfg.model.kind]} on "
                         f"{os.path.basename(os.path.dirname(cfg.data.cohort))}", notes, "test", header=header, protocol_rows=p_rows)
     return rows
 
@@ -227,9 +227,9 @@ def _knn_row(cfg: Config, splits: CohortSplits, counts: dict, split: str, dev, c
     y_rep, s_rep = (y_val, s_val) if split == "val" else (d["y_test"], d["s_test"])
     # A distance has no natural zero: logit0 falls back to the configured specificity on val.
     rule = "specificity" if cfg.eval.operating_point == "logit0" else cfg.eval.operating_point
-    thr = metrics.operating_threshold(rule, y_val, s_val, cfg.eval.target)
-    curves[LABELS["knn"]] = (y_rep, s_rep, thr)
-    return _row(LABELS["knn"], counts, rule, cfg.eval.target, thr, y_rep, s_rep, cfg, "no training; k-NN on frozen features", cfg.train.seed)
+    thr = thresholds.operating_threshold(rule, y_val, s_val, cfg.eval.target)
+    curves[KIND_LABELS["knn"]] = (y_rep, s_rep, thr)
+    return _row(KIND_LABELS["knn"], counts, rule, cfg.eval.target, thr, y_rep, s_rep, cfg, "no training; k-NN on frozen features", cfg.train.seed)
 
 
 def _log_hparams(run_dir: str, cfg: Config, row: dict) -> None:

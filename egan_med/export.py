@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -25,6 +24,8 @@ import warnings
 
 import numpy as np
 import torch
+
+from egan_med.io import atomic_path, file_hash, write_json
 
 ONNX_OPSET = 17
 TOLERANCE = 1e-4  # max |logit difference| accepted by the self-check
@@ -53,11 +54,6 @@ def onnx_logits(session, images: np.ndarray | torch.Tensor) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 @contextlib.contextmanager
 def _quiet_export():
     """Silence the expected export warnings."""
@@ -83,7 +79,7 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
     Raises:
         ExportError: no run or checkpoint, or an export that disagrees with PyTorch.
     """
-    from egan_med.checkpoint import CheckpointError
+    from egan_med.engine.checkpoint import CheckpointError
     from egan_med.config import ConfigError
     from egan_med.evaluate import load_scorer
     from egan_med.models import WeightsError
@@ -103,19 +99,17 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
     c, s = cfg.data.channels, cfg.data.image_size
     example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     ts_path, onnx_path = os.path.join(out_dir, "discriminator.ts.pt"), os.path.join(out_dir, "discriminator.onnx")
-    with _quiet_export(), torch.no_grad():
-        torch.jit.trace(net, example).save(ts_path + ".tmp")
+    with _quiet_export(), torch.no_grad(), atomic_path(ts_path) as ts_tmp, atomic_path(onnx_path) as onnx_tmp:
+        torch.jit.trace(net, example).save(ts_tmp)
         # The dynamo exporter (torch's default since 2.9) needs onnxscript, which is not a dependency here;
         # the legacy TorchScript-based exporter handles this network with the batch axis left dynamic.
-        torch.onnx.export(net, (example,), onnx_path + ".tmp", input_names=["image"], output_names=["logit"],
+        torch.onnx.export(net, (example,), onnx_tmp, input_names=["image"], output_names=["logit"],
                           dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}}, opset_version=ONNX_OPSET,
                           dynamo=False)
-    os.replace(ts_path + ".tmp", ts_path)
-    os.replace(onnx_path + ".tmp", onnx_path)
 
     info = {
         "run": os.path.abspath(run_dir), "checkpoint_epoch": int(state["epoch"]),
-        "checkpoint_sha256": _sha256(os.path.join(run_dir, "checkpoints", "best.pt")),
+        "checkpoint_sha256": file_hash(os.path.join(run_dir, "checkpoints", "best.pt")),
         "torchscript": os.path.basename(ts_path), "onnx": os.path.basename(onnx_path),
         "onnx_exporter": f"torch.onnx.export(dynamo=False), opset {ONNX_OPSET}", "torch": torch.__version__,
         "input": {"name": "image", "shape": ["batch", c, s, s], "dtype": "float32", "range": [0.0, 1.0],
@@ -129,9 +123,7 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
             info["operating_point"] = json.load(fh)
     if check:
         info["check"] = _self_check(net, ts_path, onnx_path, torch.rand(5, c, s, s))
-    with open(os.path.join(out_dir, "export.json.tmp"), "w", encoding="utf-8") as fh:
-        json.dump(info, fh, indent=2)
-    os.replace(os.path.join(out_dir, "export.json.tmp"), os.path.join(out_dir, "export.json"))
+    write_json(os.path.join(out_dir, "export.json"), info, indent=2)
     return info
 
 
@@ -143,7 +135,7 @@ META_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/d
 def _inference_config(cfg, threshold: float) -> dict:
     """configs/inference.json: MONAI Dataset/DataLoader around egan_med's reader, the TorchScript network."""
     return {
-        "imports": ["$import torch", "$import egan_med.bundle as egan_bundle", "$import egan_med.scoring as egan_scoring"],
+        "imports": ["$import torch", "$import egan_med.bundle as egan_bundle", "$import egan_med.engine.runtime as egan_runtime"],
         "bundle_root": ".",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "dataset_dir": "images",
@@ -160,7 +152,7 @@ def _inference_config(cfg, threshold: float) -> dict:
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": "@batch_size",
                        "shuffle": False, "num_workers": 0},
-        "initialize": ["$egan_scoring.cpu_speedups()"],
+        "initialize": ["$egan_runtime.cpu_speedups()"],
         "run": ["$egan_bundle.write_scores(@network, @dataloader, @device, @output_file, @threshold)"],
     }
 
@@ -170,7 +162,7 @@ def _metadata(run_dir: str, cfg, op: dict, splits) -> dict:
     from importlib import metadata as md
 
     from egan_med import xrv
-    from egan_med.model_card import LIMITS, _validation_row, weights_source
+    from egan_med.evaluation.model_card import LIMITS, _validation_row, weights_source
 
     def version(dist: str) -> str:
         try:
@@ -193,7 +185,7 @@ def _metadata(run_dir: str, cfg, op: dict, splits) -> dict:
     optional = {"egan_med": version("egan_med"), "pydicom": version("pydicom"), "pillow": version("pillow")}
     if xrv.XRV_BACKBONE in (cfg.model.encoder, cfg.model.discriminator):
         optional["torchxrayvision"] = version("torchxrayvision")
-    w = cfg.model.discriminator_weights or cfg.model.weights
+    w = cfg.model.weights_for("discriminator")
     return {
         "schema": META_SCHEMA,
         "version": BUNDLE_VERSION,
@@ -248,13 +240,13 @@ def export_bundle(run_dir: str, out_dir: str) -> dict:
     import shutil
     import tempfile
 
-    from egan_med import model_card
-    from egan_med.checkpoint import CheckpointError
+    from egan_med.evaluation import model_card
+    from egan_med.engine.checkpoint import CheckpointError
     from egan_med.cohort import CohortError
     from egan_med.config import ConfigError
     from egan_med.models import WeightsError
     from egan_med.predict import PredictError, load_run
-    from egan_med.splits import load_splits
+    from egan_med.cohort.splits import load_splits
 
     if os.path.exists(out_dir):
         raise ExportError(f"bundle folder already exists: {out_dir} (remove it or choose another)")

@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import torch
+from pydicom.misc import is_dicom
 from tqdm import tqdm
 
 from egan_med.config import Config
 from egan_med.image_formats import IMAGE_SUFFIXES  # the reader's list, shared with cohort building
-from egan_med.rundir import write_table_atomic
-from egan_med.scoring import autocast, cpu_speedups
+from egan_med.engine.rundir import write_table_atomic
+from egan_med.engine.runtime import autocast, cpu_speedups
 
 
 class PredictError(ValueError):
@@ -54,8 +55,7 @@ def _is_image(path: str) -> bool:
     if os.path.splitext(path)[1]:
         return path.lower().endswith(IMAGE_SUFFIXES)
     try:
-        with open(path, "rb") as fh:
-            return fh.seek(128) == 128 and fh.read(4) == b"DICM"
+        return is_dicom(path)
     except OSError:
         return False
 
@@ -156,7 +156,7 @@ def read_operating_point(run_dir: str) -> dict:
 
 def load_run(run_dir: str) -> tuple[torch.nn.Module, Config, dict]:
     """The run's scoring network (best checkpoint), config and operating point; PredictError when unusable."""
-    from egan_med.checkpoint import CheckpointError
+    from egan_med.engine.checkpoint import CheckpointError
     from egan_med.config import ConfigError
     from egan_med.evaluate import load_scorer
     from egan_med.models import WeightsError

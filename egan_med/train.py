@@ -13,25 +13,27 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from egan_med.config import Config, ConfigError, load_config
-from egan_med.checkpoint import load_checkpoint, save_checkpoint
-from egan_med.rundir import RunDirError, check_run_dir, create_run_dir, release_run_dirs, write_table_atomic
-from egan_med.runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
-from egan_med.scoring import autocast, score_loader
-from egan_med.splits import CohortSplits, load_splits
+from egan_med.engine.checkpoint import load_checkpoint, save_checkpoint
+from egan_med.engine.steps import STEPS, StepBatch, StepNets
+from egan_med.engine.rundir import RunDirError, check_run_dir, create_run_dir, release_run_dirs, write_table_atomic
+from egan_med.engine.runtime import Runtime, autocast, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
+from egan_med.evaluation.scoring import score_loader
+from egan_med.cohort.splits import CohortSplits, load_splits
 from egan_med.xrv import run_leak_warning
 from egan_med.models import (Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, WeightsError,
-                             count_parameters, frozen_batchnorm_stats, reconstruction_loss)
-from egan_med.feature_cache import trunk_cache
-from egan_med import metrics, selection
-from egan_med.detectors import ONECLASS, fit_oneclass_run, save_epoch_scores
+                             count_parameters)
+from egan_med.engine.feature_cache import trunk_cache
+from egan_med.evaluation import metrics, selection
+from egan_med.evaluation.detectors import ONECLASS, fit_oneclass_run, save_epoch_scores
 
 
 def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
@@ -49,8 +51,7 @@ def build_networks(cfg: Config) -> dict[str, torch.nn.Module]:
 
 def _epoch_metrics(prefix: str, y, logits, nash_threshold: float) -> dict:
     m = metrics.binary_metrics(y, -logits, threshold=0.0)  # the paper's rule: logit < 0 = minority
-    row = {f"{prefix}_{k}": m[k] for k in ("precision", "recall", "specificity", "f1", "balanced_accuracy", "auroc", "auprc", "sens_at_spec",
-                                             "correct_minority", "correct_majority", "n_minority", "n_majority")}
+    row = {f"{prefix}_{k}": m[k] for k in metrics.METRIC_NAMES + metrics.COUNT_NAMES}
     row[f"{prefix}_nash"] = bool(selection.is_nash(m["correct_minority"], m["correct_majority"],
                                                    m["n_minority"] + m["n_majority"], nash_threshold,
                                                    n_minority=m["n_minority"]))
@@ -95,15 +96,24 @@ def train(cfg: Config, run_dir: str, resume: bool | None = None, force: bool = F
         teardown(rt)
 
 
-def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bool) -> str:
-    from torch.utils.tensorboard import SummaryWriter
-    from egan_med import data as dl
-    from egan_med.data.samplers import BatchShardSampler, minority_subset
+@dataclass
+class _Data:
+    """What one run trains and scores on."""
 
-    t, dev = cfg.train, rt.device
-    if rt.distributed and t.r1_gamma > 0:
-        raise ConfigError("train.r1_gamma: the R1 penalty is single-process only; set it to 0 under torchrun")
-    seed_everything(t.seed)
+    splits: CohortSplits
+    major: Any  # CohortDataset of the training majority
+    minor: Any  # CohortDataset of the training minority
+    loader: Any  # DataLoader over ``major``
+    eval_loaders: dict  # "val"/"test" -> DataLoader
+    skipped: list  # (path, reason) of images left out under data.on_bad_image=skip
+
+
+def _load_data(cfg: Config, rt: Runtime) -> _Data:
+    """Cohort, datasets and loaders; raises before anything is written when a class has no readable image."""
+    from egan_med import data as dl
+    from egan_med.data.samplers import BatchShardSampler
+
+    t = cfg.train
     splits: CohortSplits = load_splits(cfg)
     skipped: list = []
     ds_major = dl.make_dataset(splits.train_majority, splits.root, cfg.data, train=True, seed=t.seed, skipped=skipped)
@@ -116,7 +126,126 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
                             num_workers=cfg.data.num_workers, seed=t.seed, sampler=sampler)
     eval_loaders = {s: dl.make_loader(d, 256, shuffle=False, num_workers=cfg.data.num_workers, seed=t.seed)
                     for s, d in ds_eval.items()}
+    return _Data(splits, ds_major, ds_minor, loader, eval_loaders, skipped)
 
+
+def _build_step(cfg: Config, nets: dict, rt: Runtime) -> tuple[StepNets, dict]:
+    """Optimisers and the (DDP-wrapped, maybe compiled) modules the step functions update."""
+    t, dev, egan = cfg.train, rt.device, cfg.model.kind == "egan"
+    D = nets["D"] if egan else nets["C"]
+    adam = lambda module, lr: torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, betas=(t.beta1, 0.999))
+    optimizers = {"opt_d": adam(D, t.lr_d)}
+    EG = EncoderGenerator(nets["E"], nets["G"]) if egan else None
+    if egan:
+        optimizers["opt_g"] = adam(EG, t.lr_g)
+    ddp = (lambda m: DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None)) if rt.distributed else (lambda m: m)
+    pair_step, eg_step = ddp(ScorePair(D)), (ddp(EG) if egan else None)
+    g_scorer = D  # D as seen by the generator step (no DDP: only E and G learn there)
+    if t.compile:
+        pair_step, g_scorer = torch.compile(pair_step), torch.compile(D)
+        eg_step = torch.compile(eg_step) if egan else None
+    return StepNets(D, pair_step, optimizers["opt_d"], EG, eg_step, g_scorer, optimizers.get("opt_g")), optimizers
+
+
+def _resume(run_dir: str, nets: dict, optimizers: dict, rt: Runtime, epochs: int) -> tuple[list[dict], int]:
+    """(history, first epoch to run) from RUN_DIR/checkpoints/last.pt, restoring networks, optimisers and RNGs."""
+    state = load_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"))
+    for k, n in nets.items():
+        n.load_state_dict(state["models"][k])
+    for k, o in optimizers.items():
+        o.load_state_dict(state["optimizers"][k])
+    set_rng_state(state["rng"])
+    start_epoch = int(state["epoch"]) + 1
+    if rt.is_main:
+        print(f"resuming {run_dir} after epoch {start_epoch} of {epochs}", file=sys.stderr)
+    return state["history"], start_epoch
+
+
+def _train_epoch(cfg: Config, d: _Data, nets: dict, step_nets: StepNets, major_cache, min_rows: list[int],
+                 epoch: int, rt: Runtime) -> tuple[torch.Tensor, tuple[float, float], int]:
+    """One pass of the step function over the epoch's majority batches.
+
+    Returns:
+        (this epoch's minority images, (mean D loss, mean G loss), steps taken).
+    """
+    t, dev, egan = cfg.train, rt.device, cfg.model.kind == "egan"
+    fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+    # Every random draw of an epoch follows from (seed, epoch): a resumed run redoes it exactly.
+    seed_everything(t.seed * 100003 + epoch)
+    for ds in (d.major, d.minor):
+        ds.set_epoch(epoch)
+    if d.loader.generator is not None:
+        d.loader.generator.manual_seed(t.seed * 100003 + epoch)
+    x_min = torch.stack([d.minor[i]["image"] for i in min_rows]).to(dev).contiguous(memory_format=fmt)
+    min_trunk = None
+    if egan:
+        # E's trunk is frozen and in eval mode: its output on this epoch's minority images is the same every step.
+        with torch.no_grad(), autocast(dev, t.amp):
+            min_trunk = nets["E"].backbone.features_trunk(x_min)
+    step_fn, rows = STEPS[cfg.model.kind], torch.as_tensor(d.major.rows)  # dataset position -> the cache's address
+    sums = torch.zeros(2, device=dev)
+    steps = len(d.loader) if t.max_steps_per_epoch == 0 else min(len(d.loader), t.max_steps_per_epoch)
+    # With the cache only the order is needed: the batch sampler skips building images nobody reads.
+    bar = tqdm(d.loader.batch_sampler if major_cache is not None else d.loader, total=steps,
+               desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not rt.is_main)
+    for step, batch in enumerate(bar):
+        if step >= steps:
+            break
+        if major_cache is not None:
+            real, n_real = major_cache.take(rows[batch]), len(batch)
+        else:
+            real = batch["image"].to(dev, non_blocking=True).contiguous(memory_format=fmt)
+            n_real = len(real)
+        sums += step_fn(t, step_nets, StepBatch(real, n_real, x_min, min_trunk, major_cache is not None))
+    if rt.distributed:
+        torch.distributed.all_reduce(sums)
+        sums /= rt.world_size
+    loss_d, loss_g = (sums / max(steps, 1)).tolist()  # one host sync per epoch
+    return x_min, (loss_d, loss_g), steps
+
+
+def _end_epoch(cfg: Config, run_dir: str, row: dict, history: list[dict], d: _Data, nets: dict, optimizers: dict,
+               step_nets: StepNets, writer, x_min: torch.Tensor, t0: float) -> None:
+    """Score val and test, log the epoch, write metrics.csv and the checkpoints (main process only)."""
+    t, epoch, dev = cfg.train, row["epoch"], x_min.device
+    scored = {}
+    for split, ld in d.eval_loaders.items():
+        y, logits, _ = score_loader(step_nets.D, ld, dev, t.amp)
+        scored[split] = (y, logits)
+        row.update(_epoch_metrics(split, y, logits, cfg.eval.nash_threshold))
+    row["seconds"] = time.time() - t0
+    history.append(row)
+    _log_epoch(writer, row, step_nets.EG, x_min, epoch)
+    for split, (y, logits) in scored.items():  # minority is the positive class, score = -logit
+        writer.add_pr_curve(f"{split}/pr_curve", y, torch.sigmoid(-torch.as_tensor(logits)), epoch)
+    write_table_atomic(pd.DataFrame(history), os.path.join(run_dir, "metrics.csv"))
+    save_epoch_scores(run_dir, epoch, scored)  # any label budget can pick its own epoch later
+    # cwd: relative paths in the config (cohort, root, cache) mean "from where training ran", so
+    # evaluate/predict/export can resolve them from any working directory.
+    state = {"config": cfg.to_dict(), "cwd": os.getcwd(), "epoch": epoch, "history": history, "rng": rng_state(),
+             "models": {k: n.state_dict() for k, n in nets.items()},
+             "optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    chosen = selection.select_epoch(history, cfg.eval.select, cfg.eval.nash_threshold)
+    if chosen.epoch == epoch:
+        save_checkpoint(state, os.path.join(ckpt_dir, "best.pt"), keep_previous=False)
+    if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
+        save_checkpoint(state, os.path.join(ckpt_dir, "last.pt"))
+    print(f"epoch {epoch + 1}/{t.epochs}  loss_d {row['loss_d']:.3f}  loss_g {row['loss_g']:.3f}  "
+          f"val auroc {row['val_auroc']:.3f} f1 {row['val_f1']:.3f}  test correct min/maj "
+          f"{row['test_correct_minority']}/{row['test_correct_majority']}  {row['seconds']:.1f}s", file=sys.stderr)
+
+
+def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bool) -> str:
+    from torch.utils.tensorboard import SummaryWriter
+    from egan_med import data as dl
+    from egan_med.data.samplers import minority_subset
+
+    t, dev, egan = cfg.train, rt.device, cfg.model.kind == "egan"
+    if rt.distributed and t.r1_gamma > 0:
+        raise ConfigError("train.r1_gamma: the R1 penalty is single-process only; set it to 0 under torchrun")
+    seed_everything(t.seed)
+    d = _load_data(cfg, rt)
     nets = build_networks(cfg)
     # NHWC: faster DenseNet121 steps on CPU (oneDNN), and the layout bf16 cuDNN kernels want.
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -127,165 +256,39 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
         create_run_dir(run_dir, cfg, wipe)
     if rt.distributed:
         torch.distributed.barrier()
-    egan = cfg.model.kind == "egan"
-    D = nets["D"] if egan else nets["C"]
-    adam = lambda module, lr: torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, betas=(t.beta1, 0.999))
-    optimizers = {"opt_d": adam(D, t.lr_d)}
-    EG = EncoderGenerator(nets["E"], nets["G"]) if egan else None
-    if egan:
-        optimizers["opt_g"] = adam(EG, t.lr_g)
-    opt_d, opt_g = optimizers["opt_d"], optimizers.get("opt_g")
-    ddp = (lambda m: DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None)) if rt.distributed else (lambda m: m)
-    pair_step, eg_step = ddp(ScorePair(D)), (ddp(EG) if egan else None)
-    g_scorer = D  # D as seen by the generator step (no DDP: only E and G learn there)
-    if t.compile:
-        pair_step, g_scorer = torch.compile(pair_step), torch.compile(D)
-        eg_step = torch.compile(eg_step) if egan else None
-
-    history: list[dict] = []
-    start_epoch, ckpt_dir = 0, os.path.join(run_dir, "checkpoints")
-    last = os.path.join(ckpt_dir, "last.pt")
+    step_nets, optimizers = _build_step(cfg, nets, rt)
+    history, start_epoch, last = [], 0, os.path.join(run_dir, "checkpoints", "last.pt")
     if resume is not False and not wipe and (os.path.exists(last) or os.path.exists(last + ".prev")):
-        state = load_checkpoint(last)
-        for k, n in nets.items():
-            n.load_state_dict(state["models"][k])
-        for k, o in optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
-        set_rng_state(state["rng"])
-        history, start_epoch = state["history"], int(state["epoch"]) + 1
-        if rt.is_main:
-            print(f"resuming {run_dir} after epoch {start_epoch} of {t.epochs}", file=sys.stderr)
-
+        history, start_epoch = _resume(run_dir, nets, optimizers, rt, t.epochs)
     writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_epoch) if rt.is_main else None
     if writer is not None and start_epoch == 0:
-        grid = dl.save_augmentation_grid(ds_major, os.path.join(run_dir, "augmentations.png"), n=16)
+        grid = dl.save_augmentation_grid(d.major, os.path.join(run_dir, "augmentations.png"), n=16)
         writer.add_image("data/augmented_real", grid, 0)
-        _print_summary(cfg, splits, nets)
+        _print_summary(cfg, d.splits, nets)
 
-    min_rows = minority_subset(len(ds_minor), t.minority_cap, t.seed)  # seeded, not the first rows
-    n_min = len(min_rows)
-    if egan and n_min < 2 and any(m.training for m in nets["E"].modules() if isinstance(m, torch.nn.BatchNorm2d)):
+    min_rows = minority_subset(len(d.minor), t.minority_cap, t.seed)  # seeded, not the first rows
+    if egan and len(min_rows) < 2 and any(m.training for m in nets["E"].modules() if isinstance(m, torch.nn.BatchNorm2d)):
         raise ConfigError(f"BatchNorm in training mode (model.train_bn, or model.weights=none) needs at least 2 minority "
-                          f"training images per step; this cohort/fold has {n_min}")
+                          f"training images per step; this cohort/fold has {len(min_rows)}")
     # Frozen-trunk cache: real images never change without augmentation, so their trunk activations
     # are computed once; generated images still pass through all of D.
     # Under the training autocast: the uncached path runs the trunk in bf16 there, and the two must agree.
     with autocast(dev, t.amp):
-        major_cache = trunk_cache(D.backbone, ds_major, dev) if t.feature_cache else None
-    rows = torch.as_tensor(ds_major.rows)  # dataset position -> manifest row, the cache's address
+        major_cache = trunk_cache(step_nets.D.backbone, d.major, dev) if t.feature_cache else None
     for epoch in range(start_epoch, t.epochs):
         t0 = time.time()
-        # Every random draw of an epoch follows from (seed, epoch): a resumed run redoes it exactly.
-        seed_everything(t.seed * 100003 + epoch)
-        for ds in (ds_major, ds_minor):
-            ds.set_epoch(epoch)
-        if loader.generator is not None:
-            loader.generator.manual_seed(t.seed * 100003 + epoch)
-        x_min = torch.stack([ds_minor[i]["image"] for i in min_rows]).to(dev).contiguous(memory_format=fmt)
-        if egan:
-            # E's trunk is frozen and in eval mode: its output on this epoch's minority images is the same every step.
-            with torch.no_grad(), autocast(dev, t.amp):
-                min_trunk = nets["E"].backbone.features_trunk(x_min)
-        sums = torch.zeros(2, device=dev)
-        steps = len(loader) if t.max_steps_per_epoch == 0 else min(len(loader), t.max_steps_per_epoch)
-        # With the cache only the order is needed: the batch sampler skips building images nobody reads.
-        bar = tqdm(loader.batch_sampler if major_cache is not None else loader, total=steps,
-                   desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not rt.is_main)
-        for step, batch in enumerate(bar):
-            if step >= steps:
-                break
-            if major_cache is not None:
-                real, n_real = major_cache.take(rows[batch]), len(batch)
-            else:
-                real = batch["image"].to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                n_real = len(real)
-            if egan:
-                # D: real majority -> 1, generated from minority codes -> 0 (semi-supervised: real minority -> 0 too).
-                with autocast(dev, t.amp):
-                    with torch.no_grad():
-                        fake = EG(min_trunk, True)
-                    neg = torch.cat([fake, x_min]) if t.semi_supervised else fake
-                    if t.instance_noise > 0:  # both sides, or D can learn "noisy means fake"
-                        real = (real + t.instance_noise * torch.randn_like(real)).clamp(0, 1)
-                        neg = (neg + t.instance_noise * torch.randn_like(neg)).clamp(0, 1)
-                    logits = pair_step(real, neg, major_cache is not None).float()
-                    target = torch.cat([torch.full((n_real,), 1.0 - t.label_smoothing, device=dev), torch.zeros(len(neg), device=dev)])
-                    # Mean over each part, then summed: the paper's BCE(1, D(maj)) + BCE(0, D(fake)).
-                    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-                    loss_d = bce[:n_real].mean() + bce[n_real:].mean()
-                    if t.r1_gamma > 0:  # R1: penalise D's input gradient on real data (Mescheder et al. 2018)
-                        x_r1 = real.detach().requires_grad_(True)
-                        with frozen_batchnorm_stats(D):  # a real-only batch must not move D's running statistics
-                            (grad,) = torch.autograd.grad(D(x_r1).sum(), x_r1, create_graph=True)
-                        loss_d = loss_d + 0.5 * t.r1_gamma * grad.float().pow(2).flatten(1).sum(1).mean()
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                # E and G: make D call the generated images majority.
-                with autocast(dev, t.amp):
-                    fake = eg_step(min_trunk, True)
-                    # D's BatchNorm in inference mode here: G learns against the network that is scored, and a
-                    # generated-only batch never moves D's running statistics (only D's mixed batches do).
-                    with frozen_batchnorm_stats(D):
-                        d_fake = g_scorer(fake)
-                    loss_g = F.binary_cross_entropy_with_logits(d_fake.float(), torch.ones(len(fake), device=dev))
-                    if t.recon_weight > 0:
-                        loss_g = loss_g + t.recon_weight * reconstruction_loss(fake, x_min)
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-                sums += torch.stack([loss_d.detach(), loss_g.detach()])
-            else:
-                # Supervised baseline: majority -> 1, real minority -> 0, classes weighted equally.
-                with autocast(dev, t.amp):
-                    logits = pair_step(real, x_min, major_cache is not None).float()
-                    target = torch.cat([torch.ones(n_real, device=dev), torch.zeros(len(x_min), device=dev)])
-                    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-                    loss_d = 0.5 * (bce[:n_real].mean() + bce[n_real:].mean()) if t.class_weight else bce.mean()
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                sums += torch.stack([loss_d.detach(), torch.zeros((), device=dev)])
-        if rt.distributed:
-            torch.distributed.all_reduce(sums)
-            sums /= rt.world_size
-        loss_d_mean, loss_g_mean = (sums / max(steps, 1)).tolist()  # one host sync per epoch
-
+        x_min, (loss_d, loss_g), steps = _train_epoch(cfg, d, nets, step_nets, major_cache, min_rows, epoch, rt)
         train_seconds = time.time() - t0
-        row = {"epoch": epoch, "loss_d": loss_d_mean, "loss_g": loss_g_mean if egan else math.nan,
+        row = {"epoch": epoch, "loss_d": loss_d, "loss_g": loss_g if egan else math.nan,
                "train_seconds": train_seconds, "train_images_per_s": steps * t.batch_size / max(train_seconds, 1e-9)}
         if rt.is_main:
-            scored = {}
-            for split, ld in eval_loaders.items():
-                y, logits, _ = score_loader(D, ld, dev, t.amp)
-                scored[split] = (y, logits)
-                row.update(_epoch_metrics(split, y, logits, cfg.eval.nash_threshold))
-            row["seconds"] = time.time() - t0
-            history.append(row)
-            _log_epoch(writer, row, EG, x_min, epoch)
-            for split, (y, logits) in scored.items():  # minority is the positive class, score = -logit
-                writer.add_pr_curve(f"{split}/pr_curve", y, torch.sigmoid(-torch.as_tensor(logits)), epoch)
-            write_table_atomic(pd.DataFrame(history), os.path.join(run_dir, "metrics.csv"))
-            save_epoch_scores(run_dir, epoch, scored)  # any label budget can pick its own epoch later
-            # cwd: relative paths in the config (cohort, root, cache) mean "from where training ran", so
-            # evaluate/predict/export can resolve them from any working directory.
-            state = {"config": cfg.to_dict(), "cwd": os.getcwd(), "epoch": epoch, "history": history, "rng": rng_state(),
-                     "models": {k: n.state_dict() for k, n in nets.items()},
-                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
-            chosen = selection.select_epoch(history, cfg.eval.select, cfg.eval.nash_threshold)
-            if chosen.epoch == epoch:
-                save_checkpoint(state, os.path.join(ckpt_dir, "best.pt"), keep_previous=False)
-            if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
-                save_checkpoint(state, last)
-            print(f"epoch {epoch + 1}/{t.epochs}  loss_d {loss_d_mean:.3f}  loss_g {row['loss_g']:.3f}  "
-                  f"val auroc {row['val_auroc']:.3f} f1 {row['val_f1']:.3f}  test correct min/maj "
-                  f"{row['test_correct_minority']}/{row['test_correct_majority']}  {row['seconds']:.1f}s", file=sys.stderr)
+            _end_epoch(cfg, run_dir, row, history, d, nets, optimizers, step_nets, writer, x_min, t0)
         if rt.distributed:
             torch.distributed.barrier()
 
     if rt.is_main:
-        if skipped:
-            pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(os.path.join(run_dir, "skipped_images.csv"), index=False)
+        if d.skipped:
+            pd.DataFrame(d.skipped, columns=["path", "reason"]).to_csv(os.path.join(run_dir, "skipped_images.csv"), index=False)
         writer.close()
     return run_dir
 
@@ -346,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from egan_med.cohort import CohortError
     from egan_med.data import BadImageError
-    from egan_med.checkpoint import CheckpointError
+    from egan_med.engine.checkpoint import CheckpointError
     try:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:

@@ -59,10 +59,7 @@ def pretraining_leak(source: str | None, weights: list[str]) -> str:
 
 def run_weights(model_cfg) -> list[str]:
     """The starting-weight values of the networks a run trains or scores with (D, and E for eGAN)."""
-    out = [model_cfg.discriminator_weights or model_cfg.weights]
-    if model_cfg.kind == "egan":
-        out.append(model_cfg.encoder_weights or model_cfg.weights)
-    return out
+    return [model_cfg.weights_for(role) for role in model_cfg.roles()]
 
 
 def run_leak_warning(cfg, meta: dict | None) -> str:

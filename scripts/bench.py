@@ -42,8 +42,8 @@ import egan_med.train as train_mod
 from egan_med.config import TrainConfig, load_config
 from egan_med.data import make_dataset, make_loader
 from egan_med.models import Discriminator
-from egan_med.scoring import score_loader
-from egan_med.splits import load_splits
+from egan_med.evaluation.scoring import score_loader
+from egan_med.cohort.splits import load_splits
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO / "data" / "cifar10_airplane_automobile"

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from egan_med.cohort import CohortOptions, build  # noqa: E402
-from egan_med.cohort_sources import CHEXPERT_LABELS  # noqa: E402
+from egan_med.cohort.sources import CHEXPERT_LABELS  # noqa: E402
 
 WHEEL_CSV = "torchxrayvision/data/chexpert_train.csv.gz"
 TMP = os.path.join(tempfile.gettempdir(), "egan_med_bench")

@@ -2,11 +2,11 @@
 """GPU speed of eGAN's training step and of scoring, against DenseNet121's own forward+backward ceiling.
 
 Synthetic [0, 1] images made on the device, DenseNet121 E and D (random weights, the paper's freezing),
-bf16 autocast, channels_last, warm-up, then CUDA-event timing. The step is train.py's eGAN step (D on real
-majority + G(E(minority)), then E and G through D); its variants: ``naive`` (real images through all of D),
-``feature_cache`` (real images' frozen-trunk outputs cached, as train.feature_cache=true) and
-``feature_cache+minority_trunk`` (also E's frozen trunk on the fixed minority set computed once per epoch, a
-proposed change). Images/s counts majority images, as train.py's train_images_per_s does.
+bf16 autocast, channels_last, warm-up, then CUDA-event timing. The step is train.py's own
+(egan_med.engine.steps.egan_step: D on real majority + G(E(minority)), then E and G through D, E's frozen trunk
+on the epoch's minority images computed once); its variants: ``naive`` (real images through all of D) and
+``feature_cache`` (real images' frozen-trunk outputs cached, as train.feature_cache=true). Images/s counts
+majority images, as train.py's train_images_per_s does.
 
     python scripts/gpu_bench.py --out gpu_bench.json                                    # ~1 min on an H200
     python scripts/gpu_bench.py --device cpu --size 32 --batch 8 --minority 2 --steps 2 --out x.json   # CI
@@ -14,7 +14,6 @@ proposed change). Images/s counts majority images, as train.py's train_images_pe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -25,11 +24,14 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from egan_med.config import ModelConfig  # noqa: E402
-from egan_med.feature_cache import trunk_cache  # noqa: E402
+from egan_med.config import ModelConfig, TrainConfig  # noqa: E402
+from egan_med.engine import steps as engine_steps  # noqa: E402
+from egan_med.engine.steps import StepBatch, StepNets  # noqa: E402
+from egan_med.engine.feature_cache import trunk_cache  # noqa: E402
+from egan_med.engine.runtime import autocast  # noqa: E402
 from egan_med.models import Discriminator, Encoder, EncoderGenerator, Generator, ScorePair  # noqa: E402
 
-VARIANTS = ("naive", "feature_cache", "feature_cache+minority_trunk")
+VARIANTS = ("naive", "feature_cache")
 
 
 class Clock:
@@ -54,16 +56,13 @@ class Clock:
         return (time.perf_counter() - t) / calls
 
 
-def autocast(device: torch.device, on: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
-
-
 def layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def egan_step(a: argparse.Namespace, dev: torch.device, variant: str, clock: Clock) -> dict:
-    """Majority images/s of one eGAN step variant; also the trunk-cache build rate for cached variants."""
+    """Majority images/s of train.py's eGAN step (engine.steps.egan_step itself); also the trunk-cache build
+    rate for the cached variant."""
     torch.manual_seed(0)
     cfg = ModelConfig(encoder="densenet121", discriminator="densenet121", weights="none", trainable_blocks=2)
     E, G, D = Encoder(cfg), Generator(cfg.latent_dim, a.size, 3), Discriminator(cfg)
@@ -72,48 +71,32 @@ def egan_step(a: argparse.Namespace, dev: torch.device, variant: str, clock: Clo
         if a.channels_last:
             n.to(memory_format=torch.channels_last)
     EG, pair = EncoderGenerator(E, G), ScorePair(D)
-    if a.compile:
-        EG, pair, D_score = torch.compile(EG), torch.compile(pair), torch.compile(D)
-    else:
-        D_score = D
+    eg_step, g_scorer = EG, D
+    if a.compile:  # as train.py does under train.compile
+        pair, eg_step, g_scorer = torch.compile(pair), torch.compile(EG), torch.compile(D)
     opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=1e-4)
     opt_g = torch.optim.Adam([p for p in EG.parameters() if p.requires_grad], lr=1e-4)
+    nets = StepNets(D, pair, opt_d, EG, eg_step, g_scorer, opt_g)
+    t = TrainConfig(amp=a.amp, channels_last=a.channels_last, feature_cache=variant == "feature_cache")
     pool = layout(torch.rand(a.pool, 3, a.size, a.size, device=dev), a.channels_last)
     x_min = layout(torch.rand(a.minority, 3, a.size, a.size, device=dev), a.channels_last)
     out: dict = {}
     cache = None
-    if variant != "naive":
+    if t.feature_cache:
         # Built exactly as train.py does (fp32, no autocast), from a dataset of dicts.
         items = [{"image": img, "index": i} for i, img in enumerate(pool.cpu())]
         built: list = []
         build_s = clock.time(lambda: built.append(trunk_cache(D.backbone, items, dev)), 1)
         cache = built[0]
         out["cache_build_images_per_s"] = a.pool / build_s
-    eg_input, eg_from_trunk = x_min, False
-    if variant == "feature_cache+minority_trunk":
-        with torch.no_grad(), autocast(dev, a.amp):
-            eg_input, eg_from_trunk = E.backbone.features_trunk(x_min), True
+    with torch.no_grad(), autocast(dev, a.amp):  # once per epoch in train.py
+        min_trunk = E.backbone.features_trunk(x_min)
     gen = torch.Generator(device=dev).manual_seed(0)
-    ones, zeros = torch.ones(a.batch, device=dev), torch.zeros(a.minority, device=dev)
 
     def step() -> None:
         index = torch.randint(0, a.pool, (a.batch,), device=dev, generator=gen)
         real = cache.take(index) if cache is not None else layout(pool[index], a.channels_last)
-        with autocast(dev, a.amp):
-            with torch.no_grad():
-                fake = EG(eg_input, eg_from_trunk)
-            logits = pair(real, fake, cache is not None).float()
-            bce = F.binary_cross_entropy_with_logits(logits, torch.cat([ones, zeros]), reduction="none")
-            loss_d = bce[: a.batch].mean() + bce[a.batch:].mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        with autocast(dev, a.amp):
-            fake = EG(eg_input, eg_from_trunk)
-            loss_g = F.binary_cross_entropy_with_logits(D_score(fake).float(), torch.ones(a.minority, device=dev))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        engine_steps.egan_step(t, nets, StepBatch(real, a.batch, x_min, min_trunk, cache is not None))
 
     clock.time(step, a.warmup)
     out["train_images_per_s"] = a.batch / clock.time(step, a.steps)

@@ -28,11 +28,14 @@ from typing import Any
 
 import yaml
 
+from egan_med.io import fmt_bounds, write_json
+from egan_med.evaluation.metrics import METRIC_NAMES
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --quick: one fold and seed per experiment, one short epoch; enough to see the whole pipeline work.
 QUICK = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=16", "eval.bootstrap=20"]
-METRICS = ("auroc", "sens_at_spec", "auprc", "precision", "recall", "specificity", "f1")
+METRICS = METRIC_NAMES  # every declared metric: mean, sd and averaged CI per experiment
 
 
 class GridError(Exception):
@@ -193,8 +196,7 @@ def _add_wall(exp_dir: str, name: str, seconds: float) -> None:
     # Accumulated across resumptions, so an interrupted run's total is still its real cost.
     path = os.path.join(exp_dir, f"{name}.wall.json")
     total = _wall(exp_dir, name) + seconds
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump({"seconds": total}, fh)
+    write_json(path, {"seconds": total})  # a killed study never leaves half a file to misread
 
 
 def _wall(exp_dir: str, name: str) -> float:
@@ -249,13 +251,11 @@ def aggregate(grid: dict[str, Any], runs: list[Run], out: str):
 
 
 def _fmt(row: Any, m: str) -> str:
-    import math
-
     v, sd, lo, hi = row[m], row[f"{m}_sd"], row[f"{m}_lo"], row[f"{m}_hi"]
     if v != v:
         return "–"
     text = f"{v:.3f}" + (f" ± {sd:.3f}" if sd == sd else "")
-    return text + (f" [{lo:.2f}, {hi:.2f}]" if not (math.isnan(lo) or math.isnan(hi)) else "")
+    return text + fmt_bounds(lo, hi)
 
 
 def markdown_table(result, grid_name: str) -> str:

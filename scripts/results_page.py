@@ -17,6 +17,8 @@ import sys
 import pandas as pd
 import yaml
 
+from egan_med.io import fmt_bounds
+
 try:
     from scripts import reproduce
 except ImportError:  # run as a file (python scripts/results_page.py): scripts/ itself is on sys.path
@@ -34,7 +36,7 @@ def _cell(r: pd.Series, m: str, ci: bool = True) -> str:
         return "–"
     s = f"{v:.3f}" + (f" ± {sd:.3f}" if sd == sd else "")
     lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
-    return s + (f" [{lo:.2f}, {hi:.2f}]" if ci and lo == lo and hi == hi else "")
+    return s + (fmt_bounds(lo, hi) if ci else "")
 
 
 def _table(rows: pd.DataFrame, cols: list[tuple[str, str]], label) -> str:

@@ -22,7 +22,8 @@ import torch
 import yaml
 from PIL import Image
 
-from egan_med import evaluate, export, predict, rundir
+from egan_med import evaluate, export, predict
+from egan_med.engine import rundir
 from egan_med import train as train_mod
 from egan_med.config import ConfigError, load_config
 from egan_med.train import main as train_main
@@ -363,7 +364,7 @@ def test_predict_reads_tif_and_a_single_image(trained_run, tmp_path, capsys):
 
 
 def test_one_list_of_image_suffixes():
-    from egan_med.cohort_sources import IMAGE_EXTS
+    from egan_med.cohort.sources import IMAGE_EXTS
     from egan_med.image_formats import IMAGE_SUFFIXES
 
     assert IMAGE_EXTS == {*IMAGE_SUFFIXES, ""} and ".npy" not in IMAGE_EXTS

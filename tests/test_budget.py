@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from egan_med import budget as bud
+from egan_med.evaluation import budget as bud
 from egan_med.config import ConfigError, load_config
-from egan_med.metrics import binary_metrics
+from egan_med.evaluation.metrics import binary_metrics
 from egan_med.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from egan_med.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from egan_med.runtime import rng_state, set_rng_state
+from egan_med.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from egan_med.engine.runtime import rng_state, set_rng_state
 
 
 def _state(epoch: int) -> dict:

@@ -97,7 +97,7 @@ def _synthetic_chexpert(path: Path, quote: bool = False) -> None:
     ("image", "ones", "frontal", (4, 5), {"views dropped": (5, None)}),
 ])
 def test_label_policy_exact(tmp_path: Path, unit, uncertain, views, pool, stages) -> None:
-    from egan_med.cohort_sources import read_source
+    from egan_med.cohort.sources import read_source
     csv = tmp_path / "CheXpert-v1.0-small" / "train.csv"
     csv.parent.mkdir()
     _synthetic_chexpert(csv)
@@ -290,7 +290,7 @@ def test_leak_check_and_atomic_overwrite(tmp_path: Path, monkeypatch: pytest.Mon
     before = (out / "cohort.csv").read_bytes()
     with pytest.raises(CohortError, match="exists"):
         build(CohortOptions(input=str(COVID), label="No Finding", seed=1), str(out))
-    import egan_med.cohort as cohort
+    import egan_med.cohort.builder as cohort
     real_replace, listing = os.replace, sorted(os.listdir(out))
 
     def failing_replace(src: str, dst: str) -> None:  # the new cohort.json cannot take the old one's place

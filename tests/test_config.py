@@ -1,16 +1,63 @@
+import glob
+import os
+
 import pytest
 import yaml
 
-from egan_med.config import ConfigError, config_from_dict, load_config
+from egan_med import train
+from egan_med.config import BACKBONE_NAMES, ConfigError, config_from_dict, load_config
 
-CONFIGS = ["configs/demo.yaml", "configs/chexpert.yaml", "configs/cifar10.yaml"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every run config shipped; configs/grids/ holds study grids (lists of runs), not run configs.
+CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
+                 if os.sep + "grids" + os.sep not in p)
+
+
+def test_every_shipped_config_is_listed():
+    assert len(CONFIGS) >= 20 and "configs/demo.yaml" in CONFIGS and "configs/paper/paper.yaml" in CONFIGS
 
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_shipped_configs_load(path):
-    cfg = load_config(path)
-    assert cfg.name == path.split("/")[-1][:-5]
+    cfg = load_config(os.path.join(REPO, path))
+    assert cfg.name == os.path.basename(path)[:-5]
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_backbone_names_match_the_registry():
+    from egan_med.models.backbones import BACKBONES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("model.encoder=densnet121", "densenet121"),
+    ("model.discriminator=efficientnet_lite", "efficientnet_lite0"),
+    ("model.weights=imagnet", "imagenet"),
+    ("model.discriminator_weights=densenet121-res224-al", "densenet121-res224-all"),
+    ("model.kind=supervsed", "supervised"),
+    ("eval.select=val_aucroc", "val_auroc"),
+    ("eval.operating_point=sensitivty", "sensitivity"),
+    ("data.on_bad_image=skp", "skip"),
+    ("data.kind=radiographs", "radiograph"),
+])
+def test_enumerated_values_suggest_the_closest(override, suggestion):
+    with pytest.raises(ConfigError, match=f"did you mean '{suggestion}'") as err:
+        load_config("configs/demo.yaml", [override])
+    assert str(err.value).startswith(override.split("=")[0])
+
+
+def test_weights_file_path_is_not_taken_for_a_name():
+    cfg = load_config("configs/demo.yaml", ["model.weights=/nowhere/weights.pth"])  # checked when loaded
+    assert cfg.model.weights == "/nowhere/weights.pth"
+
+
+def test_train_refuses_a_typo_before_reading_images(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["configs/demo.yaml", "model.encoder=densnet121", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean 'densenet121'" in err[0] and "decoding" not in err[0]
+    assert not out.exists()
 
 
 def test_chexpert_config_is_the_papers_setup():

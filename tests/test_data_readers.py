@@ -1,7 +1,6 @@
 """Readers on real radiographs: orientation, DICOM display pipeline, channels, npz addresses, bad files."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +145,16 @@ def test_bad_files_raise_one_line_error_naming_file(tmp_path, kind):
     assert str(path) in str(err) and "\n" not in str(err)
 
 
-def test_good_copy_still_reads(tmp_path):
-    copy = tmp_path / "copy.jpg"
-    shutil.copy(CXR_JPG, copy)
-    np.testing.assert_array_equal(load_image(copy), load_image(CXR_JPG))
+def test_png_reads_as_its_pixels_in_display_orientation(tmp_path):
+    # A known 8-bit and 16-bit gradient, taller than wide: the reader must give back exactly those values / max,
+    # first row at the top (MONAI's readers transpose unless told not to).
+    pixels = (np.arange(12 * 7).reshape(12, 7) * 3).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "g8.png")
+    img = load_image(tmp_path / "g8.png")
+    assert img.shape == (1, 12, 7)
+    np.testing.assert_allclose(img[0], pixels / 255.0, atol=1e-6)
+    wide = (np.arange(5 * 9).reshape(5, 9) * 1000).astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / "g16.png")
+    img16 = load_image(tmp_path / "g16.png")
+    assert img16.shape == (1, 5, 9) and img16[0, 0, 0] == 0 and img16[0, 0, 1] > 0 and img16[0, 1, 0] > img16[0, 0, 8]
+    assert np.all(np.diff(img16[0].ravel()) > 0)  # row-major order kept: values rise along each row, then down

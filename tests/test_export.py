@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from egan_med import export, metrics, model_card, predict
+from egan_med import export, predict
+from egan_med.evaluation import metrics, model_card
 from test_predict import make_trained_run
 
 

@@ -1,4 +1,4 @@
-"""egan_med.metrics: the paper's own confusion matrices, degenerate cases, bootstrap, thresholds."""
+"""egan_med.evaluation.metrics: the paper's own confusion matrices, degenerate cases, bootstrap, thresholds."""
 import math
 import time
 
@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from egan_med.metrics import (
-    METRIC_NAMES,
-    _batch_metrics,
-    binary_metrics,
-    bootstrap_ci,
-    operating_threshold,
-    threshold_for_sensitivity,
-    threshold_for_specificity,
-)
+from egan_med.evaluation.metrics import METRIC_NAMES, _batch_metrics, binary_metrics, bootstrap_ci
+from egan_med.evaluation.thresholds import operating_threshold, threshold_for_sensitivity, threshold_for_specificity
 
 
 def realize(tp: int, fn: int, fp: int, tn: int) -> tuple[np.ndarray, np.ndarray]:

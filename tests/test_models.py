@@ -50,7 +50,7 @@ def test_generator_sizes_follow_image_size():
 
 def test_missing_imagenet_weights_offline_give_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("network unreachable")))
     with pytest.raises(WeightsError, match=r"densenet121.*not in the hub cache.*model.weights="):
         Backbone("densenet121", "imagenet")

@@ -1,4 +1,4 @@
-"""egan_med.report and egan_med.plots: Table 6 rows, the three report files, valid PNGs."""
+"""egan_med.evaluation.report and egan_med.evaluation.plots: Table 6 rows, the three report files, valid PNGs."""
 import json
 import math
 import os
@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from egan_med.metrics import METRIC_NAMES, binary_metrics, bootstrap_ci
-from egan_med.plots import plot_correct_counts, plot_losses, plot_roc_pr
-from egan_med.report import report_row, trivial_rows, write_report
-from egan_med.selection import nash_epochs
+from egan_med.evaluation.metrics import METRIC_NAMES, binary_metrics, bootstrap_ci
+from egan_med.evaluation.plots import plot_correct_counts, plot_losses, plot_roc_pr
+from egan_med.evaluation.report import report_row, trivial_rows, write_report
+from egan_med.evaluation.selection import nash_epochs
 
 COUNTS = {"train_minority": 30, "train_majority": 1080, "test_minority": 1000, "test_majority": 1000}
 
@@ -85,11 +85,21 @@ def test_write_report_files(tmp_path):
     assert data["rows"][1]["auroc_lo"] is None and data["rows"][0]["tp"] == row["tp"]
 
 
-def _is_png(path: str) -> None:
-    assert os.path.getsize(path) > 5000
+def _is_png(path: str) -> np.ndarray:
+    """The plot's RGB pixels, after checking it is a PNG with lines drawn in colour (not a blank canvas)."""
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
-        im.load()
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    coloured = (rgb.max(2) - rgb.min(2)) > 60  # saturated pixels: data lines, not axes or text (grey)
+    assert coloured.mean() > 0.002, path
+    return rgb
+
+
+def _hues(rgb: np.ndarray) -> set[tuple[int, int, int]]:
+    """Distinct saturated colours (coarsely binned) in a plot."""
+    sat = rgb[(rgb.max(2) - rgb.min(2)) > 60] // 64
+    values, counts = np.unique(sat, axis=0, return_counts=True)
+    return {tuple(v) for v, c in zip(values, counts) if c > 30}
 
 
 def _history(epochs: int = 12) -> list[dict]:
@@ -108,14 +118,18 @@ def test_plots_write_valid_pngs(tmp_path):
     assert nash_epochs(_history(), "test") == [6]  # the Nash marker is drawn
     p = plot_correct_counts(_history(), str(tmp_path / "counts.png"))
     assert p == str(tmp_path / "counts.png")
-    _is_png(p)
-    _is_png(plot_losses(_history(), str(tmp_path / "losses.png")))
+    counts = _is_png(p)
+    assert len(_hues(counts)) >= 2  # minority and majority lines in two colours
+    flat = [{**r, "test_correct_minority": 500} for r in _history()]
+    assert not np.array_equal(counts, _is_png(plot_correct_counts(flat, str(tmp_path / "flat.png"))))  # data drawn
+    both = _hues(_is_png(plot_losses(_history(), str(tmp_path / "losses.png"))))
     only_d = [{"epoch": r["epoch"], "loss_d": r["loss_d"]} for r in _history()]
-    _is_png(plot_losses(pd.DataFrame(only_d), str(tmp_path / "losses_d.png")))
+    assert len(_hues(_is_png(plot_losses(pd.DataFrame(only_d), str(tmp_path / "losses_d.png"))))) < len(both)
     y, s = _data()
     y2, s2 = _data(seed=1, shift=0.3)
     curves = {"eGAN": (y, s, 0.0), "baseline": (y2, s2, 0.5), "empty": (np.zeros(5), np.arange(5.0), 0.0)}
-    _is_png(plot_roc_pr(curves, str(tmp_path / "sub" / "roc_pr.png")))
+    one = _hues(_is_png(plot_roc_pr({"eGAN": curves["eGAN"]}, str(tmp_path / "one.png"))))
+    assert len(_hues(_is_png(plot_roc_pr(curves, str(tmp_path / "sub" / "roc_pr.png"))))) > len(one)  # one colour per model
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     with pytest.raises(ValueError):
         plot_correct_counts(_history(), str(tmp_path / "val.png"), split="val")

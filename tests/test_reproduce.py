@@ -2,7 +2,9 @@
 results page that scripts/results_page.py renders from it."""
 from __future__ import annotations
 
+import glob
 import importlib
+import json
 import os
 
 import pandas as pd
@@ -25,7 +27,16 @@ def test_tiny_grid_runs_aggregates_and_skips_on_rerun(tmp_path, capsys):
     assert rep.main(["test", "--out", out]) == 0
     table = pd.read_csv(os.path.join(out, "RESULTS_TABLE.csv"))
     egan = table[(table.experiment == "tiny") & (table.model == "eGAN")].iloc[0]
-    assert egan.n_runs == 2 and egan.paper_f1 == 0.67  # two folds averaged, paper's number beside it
+    runs = [json.load(open(p, encoding="utf-8")) for p in sorted(glob.glob(os.path.join(out, "tiny", "*", "report.json")))]
+    folds = [r for rep_ in runs for r in rep_["rows"] if r["model"] == "eGAN"]
+    assert egan.n_runs == len(folds) == 2  # two folds averaged ...
+    for m in ("auroc", "f1", "recall"):
+        vals = [r[m] for r in folds]
+        assert egan[m] == pytest.approx(sum(vals) / 2) and egan[f"{m}_sd"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+        assert egan[f"{m}_lo"] == pytest.approx(sum(r[f"{m}_lo"] for r in folds) / 2)
+    grid = rep.load_grid("test")
+    paper = next(e for e in grid["experiments"] if e["name"] == "tiny")["paper"]
+    assert egan.paper_f1 == paper["f1"] and egan.paper_recall == paper["recall"]  # ... the paper's numbers beside them
     assert {"supervised baseline", "kNN one-class", "eGAN, optimistic (paper protocol)"} <= set(table.model)
     assert "recon_weight 1" in set(table.variant)
     assert "| paper F1 |" in open(os.path.join(out, "RESULTS_TABLE.md"), encoding="utf-8").read()

@@ -1,9 +1,9 @@
-"""egan_med.selection: validation-only selection, Nash scaling, the paper protocol."""
+"""egan_med.evaluation.selection: validation-only selection, Nash scaling, the paper protocol."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from egan_med.selection import Selection, is_nash, nash_epochs, select_epoch, select_epoch_paper_protocol
+from egan_med.evaluation.selection import Selection, is_nash, nash_epochs, select_epoch, select_epoch_paper_protocol
 
 
 def history(n_val: int = 100) -> list[dict]:

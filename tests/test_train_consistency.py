@@ -104,9 +104,12 @@ def test_logits_are_float32_under_bf16_autocast():
 
 
 def test_feature_cache_matches_uncached_under_bf16_autocast(cohort, tmp_path, monkeypatch):
-    # CPU stands in for CUDA: the training loop's autocast becomes CPU bf16 autocast.
-    monkeypatch.setattr(train_mod, "autocast",
-                        lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext())
+    # CPU stands in for CUDA: the training loop's and its step functions' autocast becomes CPU bf16 autocast.
+    from egan_med.engine import steps
+
+    cpu_bf16 = lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()  # noqa: E731
+    monkeypatch.setattr(train_mod, "autocast", cpu_bf16)
+    monkeypatch.setattr(steps, "autocast", cpu_bf16)
     assert _train(cohort, tmp_path / "plain", "train.amp=true") == 0
     assert _train(cohort, tmp_path / "cached", "train.amp=true", "train.feature_cache=true") == 0
     a, b = pd.read_csv(tmp_path / "plain" / "metrics.csv"), pd.read_csv(tmp_path / "cached" / "metrics.csv")

@@ -109,7 +109,7 @@ def test_knn_neighbours_are_the_cosine_nearest_and_k1_ranks_by_cosine():
 
 def test_folded_cohort_without_data_fold_is_refused(tmp_path):
     from egan_med.config import ConfigError, load_config
-    from egan_med.splits import load_splits
+    from egan_med.cohort.splits import load_splits
 
     out = tmp_path / "folded"
     cmd = [sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ), "--minority", "1",

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from egan_med.config import DataConfig
+from egan_med.io import atomic_path, file_hash
 from egan_med.data.readers import BadImageError
 from egan_med.data.transforms import preprocess, preprocess_key, stored_channels
 
@@ -42,11 +43,6 @@ class ImageStore:
     built: bool = True
 
 
-def _sha1_file(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha1").hexdigest()
-
-
 def manifest_hash(paths: list[str]) -> str:
     """Hash of the ordered paths and each source's identity: size+mtime for files, content for npz archives.
 
@@ -61,7 +57,7 @@ def manifest_hash(paths: list[str]) -> str:
         try:
             if file != p:
                 if file not in npz_digest:
-                    npz_digest[file] = _sha1_file(file)
+                    npz_digest[file] = file_hash(file, "sha1")
                 sig = npz_digest[file]
             else:
                 st = os.stat(file)
@@ -165,7 +161,6 @@ def _write(npy_path: str, index_path: str, paths: list[str], cfg: DataConfig, sh
     os.replace(tmp, npy_path)
     index = {"shape": list(shape), "preprocess": preprocess_key(cfg), "count": len(paths),
              "failures": failures, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    with open(index_path + tag, "w", encoding="utf-8") as fh:
+    with atomic_path(index_path, tmp=index_path + tag) as tmp_index, open(tmp_index, "w", encoding="utf-8") as fh:
         json.dump(index, fh)
-    os.replace(index_path + tag, index_path)
     return ImageStore(np.load(npy_path, mmap_mode="r"), failures, npy_path, built=True)

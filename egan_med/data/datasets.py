@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 import torch
 from monai.data import Dataset
-from PIL import Image
 from torch.utils.data import DataLoader, Sampler
+from torchvision.utils import make_grid, save_image
 
 from egan_med.config import DataConfig
 from egan_med.data.cache import ImageStore, build_store
 from egan_med.data.transforms import augment_item, build_augment, expand_channels, item_seed
+from egan_med.io import atomic_path
 
 
 def resolve_path(root: str, path: str) -> str:
@@ -154,17 +155,10 @@ def save_augmentation_grid(dataset: torch.utils.data.Dataset, path_png: str, n: 
     if count == 0:
         raise ValueError("cannot draw an augmentation grid of an empty dataset")
     picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
-    tiles = [dataset[int(i)]["image"].float().numpy() for i in picks]
-    tiles = [np.repeat(t, 3, axis=0) if t.shape[0] == 1 else t[:3] for t in tiles]
-    cols = math.ceil(math.sqrt(count))
-    rows, (size_h, size_w), pad = math.ceil(count / cols), tiles[0].shape[1:], 2
-    grid = np.ones((3, rows * (size_h + pad) + pad, cols * (size_w + pad) + pad), dtype=np.float32)
-    for k, tile in enumerate(tiles):
-        y, x = pad + (k // cols) * (size_h + pad), pad + (k % cols) * (size_w + pad)
-        grid[:, y:y + size_h, x:x + size_w] = tile
-    grid = np.clip(grid, 0.0, 1.0)
-    zoom = max(1, 128 // max(size_h, size_w))  # 32 px tiles are unreadable at 1:1 in a PNG viewer
-    pixels = np.rint(np.moveaxis(grid, 0, -1) * 255).astype(np.uint8).repeat(zoom, 0).repeat(zoom, 1)
+    tiles = torch.stack([dataset[int(i)]["image"].float()[:3].expand(3, -1, -1) for i in picks])
+    grid = make_grid(tiles, nrow=math.ceil(math.sqrt(count)), padding=2, pad_value=1.0).clamp(0.0, 1.0)
+    zoom = max(1, 128 // max(tiles.shape[2:]))  # 32 px tiles are unreadable at 1:1 in a PNG viewer
     os.makedirs(os.path.dirname(os.path.abspath(path_png)), exist_ok=True)
-    Image.fromarray(pixels).save(path_png)
-    return grid
+    with atomic_path(path_png) as tmp:
+        save_image(grid.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2), tmp, format="png")
+    return grid.numpy()

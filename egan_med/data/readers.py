@@ -18,6 +18,7 @@ import pydicom
 from monai.data import PILReader, PydicomReader
 from monai.transforms import LoadImage
 from PIL import Image
+from pydicom.misc import is_dicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from egan_med.image_formats import DICOM_SUFFIXES  # one shared list of readable suffixes
@@ -140,9 +141,7 @@ def _loader(kind: str) -> LoadImage:
 def _is_dicom(path: str) -> bool:
     if path.lower().endswith(DICOM_SUFFIXES):
         return True
-    with open(path, "rb") as fh:  # DICOM Part 10 files carry "DICM" after a 128-byte preamble
-        fh.seek(128)
-        return fh.read(4) == b"DICM"
+    return is_dicom(path)  # DICOM Part 10 files carry "DICM" after a 128-byte preamble
 
 
 def _npz_entry(address: str) -> np.ndarray:

@@ -125,7 +125,8 @@ class Augmenter:
     """A MONAI Compose re-seeded per item, so an item's draw depends only on its seed.
 
     Compose.set_random_state() builds a new RandomState per transform (~0.2 ms each); re-seeding the existing
-    ones in place gives the same streams for ~2 us. MONAI's metadata tracking is switched off while the chain
+    ones in place gives the same streams for ~2 us. (MONAI's public set_random_state per item would also hand
+    RandAffine and its grid one shared stream, changing every augmentation draw, so the in-place reseed stays.) MONAI's metadata tracking is switched off while the chain
     runs (it doubles the cost on small images); the flag is process-global, hence one Augmenter call at a time.
     """
 

@@ -26,7 +26,6 @@ were trained at 224 px. Building it never downloads: missing weights are a ``Wei
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass
 from typing import Callable
@@ -239,31 +238,26 @@ def _xrv_state_dict(weights: str) -> dict[str, torch.Tensor]:
 
 
 def _torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights from torch's hub cache, else a download; one clear error when neither works."""
+    """ImageNet weights through torchvision's own loader (hub cache, else a hash-checked download; its builders
+    also rename DenseNet's old checkpoint keys); one clear error when neither cache nor network has them."""
     weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
     filename = os.path.basename(weights.url)
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-    if not os.path.isfile(cached):
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(15)  # an air-gapped box should fail fast, not hang
-        try:
-            torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
-        except Exception as exc:  # URLError, timeouts, hash mismatch: all mean "not available"
-            raise WeightsError(
-                f"ImageNet weights for {name} are not in the hub cache ({cached}) and could not be downloaded "
-                f"({type(exc).__name__}). On an offline machine copy {filename} (from {weights.url}) to that path, "
-                f"or set model.weights=/path/to/state_dict.pth, or model.weights=none."
-            ) from None
-        finally:
-            socket.setdefaulttimeout(old)
+    was_cached = os.path.isfile(cached)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)  # an air-gapped box should fail fast, not hang
     try:
-        state = torch.load(cached, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"cannot read cached weights {cached}: {exc}; delete it and fetch it again") from None
-    if name == "densenet121":  # old checkpoints name 'norm.1' where the module is 'norm1'
-        pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-        state = {(pattern.sub(r"\1\2", k)): v for k, v in state.items()}
-    return state
+        return torchvision.models.get_model(name, weights=weights).state_dict()
+    except Exception as exc:  # URLError, timeouts, hash mismatch, a damaged file
+        if was_cached:
+            raise WeightsError(f"cannot read cached weights {cached}: {exc}; delete it and fetch it again") from None
+        raise WeightsError(
+            f"ImageNet weights for {name} are not in the hub cache ({cached}) and could not be downloaded "
+            f"({type(exc).__name__}). On an offline machine copy {filename} (from {weights.url}) to that path, "
+            f"or set model.weights=/path/to/state_dict.pth, or model.weights=none."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old)
 
 
 def _lite0_state_dict() -> dict[str, torch.Tensor]:

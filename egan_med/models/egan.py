@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
@@ -19,17 +18,12 @@ from egan_med.config import ModelConfig
 from egan_med.models.backbones import Backbone
 
 
-def _weights(cfg: ModelConfig, which: str) -> str:
-    override = cfg.encoder_weights if which == "encoder" else cfg.discriminator_weights
-    return override or cfg.weights
-
-
 class Encoder(nn.Module):
     """Maps minority images to the 128-d latent code."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.backbone = Backbone(cfg.encoder, _weights(cfg, "encoder"), cfg.trainable_blocks, cfg.train_bn)
+        self.backbone = Backbone(cfg.encoder, cfg.weights_for("encoder"), cfg.trainable_blocks, cfg.train_bn)
         self.fc = nn.Linear(self.backbone.out_channels, cfg.latent_dim)
 
     def forward(self, x: torch.Tensor, from_trunk: bool = False) -> torch.Tensor:
@@ -69,18 +63,6 @@ class Generator(nn.Module):
         return img.repeat(1, self.out_channels, 1, 1) if self.channels != self.out_channels else img
 
 
-def reconstruction_loss(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error in float32 between generated and real minority images of the same shape.
-
-    Raises:
-        ValueError: the shapes differ (``mse_loss`` would broadcast 3 channels against 1 silently).
-    """
-    if fake.shape != target.shape:
-        raise ValueError(f"reconstruction loss: generated images {tuple(fake.shape)} and real ones "
-                         f"{tuple(target.shape)} differ in shape")
-    return F.mse_loss(fake.float(), target.float())
-
-
 @contextmanager
 def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
     """BatchNorm layers of ``module`` in inference mode for the duration, then back to their own mode.
@@ -103,7 +85,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: ModelConfig, load_weights: bool = True):
         super().__init__()
-        self.backbone = Backbone(cfg.discriminator, _weights(cfg, "discriminator"), cfg.trainable_blocks, cfg.train_bn,
+        self.backbone = Backbone(cfg.discriminator, cfg.weights_for("discriminator"), cfg.trainable_blocks, cfg.train_bn,
                                  load=load_weights)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(self.backbone.out_channels, 1)

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from egan_med.io import atomic_path
+
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint; the message says which files were tried and why they failed."""
@@ -41,14 +43,10 @@ def save_checkpoint(state: dict[str, Any], path: str, keep_previous: bool = True
         keep_previous: keep one older copy to fall back on if this one is ever damaged.
     """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        torch.save(_plain(state), fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if keep_previous and os.path.exists(path):
-        os.replace(path, f"{path}.prev")
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(_plain(state), tmp)
+        if keep_previous and os.path.exists(path):
+            os.replace(path, f"{path}.prev")
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import shutil
 import pandas as pd
 
 from egan_med.config import Config, ConfigError, read_yaml, save_config
+from egan_med.io import atomic_path
 
 MIN_FREE_BYTES = 200 * 2**20  # checkpoints of the largest backbones are ~100-200 MB
 
@@ -211,6 +212,5 @@ def create_run_dir(run_dir: str, cfg: Config, wipe: bool) -> None:
 
 def write_table_atomic(df: pd.DataFrame, path: str) -> None:
     """Write a CSV via a temporary file and rename, so readers never see half a table."""
-    tmp = f"{path}.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)

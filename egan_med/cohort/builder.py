@@ -3,12 +3,10 @@
 A cohort is a folder with ``cohort.csv`` (one row per image: path, minority, split, fold, patient, study),
 ``cohort.json`` (options, seed, input SHA-256, root, counts, stage table, exclusion summary) and, when not too
 big, ``excluded.csv`` (path, reason). Splits are patient-disjoint and checked before anything is written;
-the folder appears atomically. Source readers live in egan_med.cohort_sources.
+the folder appears atomically. Source readers live in egan_med.cohort.sources.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -18,9 +16,9 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from egan_med.cohort_options import (SPLITS, CohortError, CohortOptions, check_paths_inside,  # noqa: F401 - re-exported
+from egan_med.cohort.options import (SPLITS, CohortError, CohortOptions, check_paths_inside,  # noqa: F401 - re-exported
                                      check_real_paths, stage)
-from egan_med.cohort_sources import read_source
+from egan_med.cohort.sources import read_source
 
 MANIFEST_COLUMNS = ["path", "minority", "split", "fold", "patient", "study"]
 FORMAT = "egan_med.cohort/1"
@@ -104,7 +102,10 @@ def _train_sizes(avail_min: int, avail_maj: int, o: CohortOptions) -> tuple[int,
 
 
 def assign(t, o: CohortOptions, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Split code (index into SPLITS, -1 = not sampled) and fold (-1 = none) for every unit of table `t`."""
+    """Split code (index into SPLITS, -1 = not sampled) and fold (-1 = none) for every unit of table `t`.
+
+    Hand-written rather than scikit-learn's GroupShuffleSplit: the paper's cohorts need exact per-class counts
+    (e.g. 33 minority / 1,214 majority) with whole patients kept together, which no library splitter gives."""
     n = len(t.path)
     split = np.full(n, -1, np.int8)
     fold = np.full(n, -1, np.int16)
@@ -168,26 +169,18 @@ def check_no_leak(split: np.ndarray, patient: np.ndarray, study: np.ndarray,
                               f"e.g. {example!r}")
 
 
-def _csv_text(header: list[str], cols: list[list[str]], widths: list[int] | None = None, plain: bool = False) -> str:
-    """CSV text; column i may hold widths[i] pre-joined fields ("1,train,-1"). The plain join is exact when no field
-    needs quoting (known, or checked by counting separators); otherwise the csv module quotes."""
-    body, rows = "\n".join(map(",".join, zip(*cols))), len(cols[0])
-    if plain or body.count(",") == rows * (len(header) - 1) and body.count("\n") == max(rows - 1, 0) \
-            and '"' not in body and "\r" not in body:
-        return ",".join(header) + "\n" + body + ("\n" if rows else "")
-    buf, widths = io.StringIO(), widths or [1] * len(cols)
-    csv.writer(buf, lineterminator="\n").writerows([header] + [
-        [f for v, n in zip(row, widths) for f in (v.split(",") if n > 1 else [v])] for row in zip(*cols)])
-    return buf.getvalue()
+def _csv_text(df: pd.DataFrame) -> str:
+    """CSV text as the manifest readers expect it: no index, "\n" line ends, minimal quoting."""
+    return df.to_csv(index=False, lineterminator="\n")
 
 
-def _excluded_text(excluded: list[tuple[np.ndarray, str]], n: int) -> str:
-    """excluded.csv: one C-level join per reason (all its paths share it), else the general writer."""
-    text = "path,reason\n" + "".join(f",{r}\n".join(p.tolist()) + f",{r}\n" for p, r in excluded)
-    if text.count(",") == n + 1 and text.count("\n") == n + 1 and '"' not in text and "\r" not in text:
-        return text
-    paths, reasons = [x for p, _ in excluded for x in p.tolist()], [r for p, r in excluded for _ in p]
-    return _csv_text(["path", "reason"], [paths, reasons])
+def _excluded_text(excluded: list[tuple[np.ndarray, str]]) -> str:
+    """excluded.csv: every path left out and its reason (a categorical: one string per reason)."""
+    names = list(dict.fromkeys(r for _, r in excluded))  # a reason may come in several groups
+    paths = np.concatenate([p for p, _ in excluded]) if excluded else np.array([], dtype=object)
+    codes = np.repeat([names.index(r) for _, r in excluded], [len(p) for p, _ in excluded]).astype(np.int64)
+    reasons = pd.Categorical.from_codes(codes, names)
+    return _csv_text(pd.DataFrame({"path": paths, "reason": reasons}))
 
 
 BUILDER_FILES = ("cohort.csv", "cohort.json", "excluded.csv")  # everything build() writes into a cohort folder
@@ -298,17 +291,12 @@ def build(o: CohortOptions, out: str, overwrite: bool = False) -> dict:
     codes = {k: None if c is None else c[rows] for k, c in (("patient", t.patient_code), ("study", t.study_code))}
     check_no_leak(split[rows], t.patient[rows], t.study[rows], codes)  # readers guarantee unique paths
     meta, excluded = _summary(t, o, split, fold, out)
-    # minority, split and fold take few values: format each combination once
-    k = o.folds + 1
-    combo = (t.minority[rows].astype(np.int64) * len(SPLITS) + split[rows]) * k + fold[rows] + 1
-    mid = {c: f"{c // k // len(SPLITS)},{SPLITS[c // k % len(SPLITS)]},{c % k - 1}"
-           for c in np.flatnonzero(np.bincount(combo)).tolist()}
-    cols = [t.path[rows].tolist(), list(map(mid.__getitem__, combo.tolist())), t.patient[rows].tolist(),
-            t.study[rows].tolist()]
-    files = {"cohort.csv": _csv_text(MANIFEST_COLUMNS, cols, [1, 3, 1, 1], t.plain),
-             "cohort.json": json.dumps(meta, indent=2) + "\n"}
+    manifest = pd.DataFrame({"path": t.path[rows], "minority": t.minority[rows].astype(np.int64),
+                             "split": pd.Categorical.from_codes(split[rows], SPLITS), "fold": fold[rows],
+                             "patient": t.patient[rows], "study": t.study[rows]}, columns=MANIFEST_COLUMNS)
+    files = {"cohort.csv": _csv_text(manifest), "cohort.json": json.dumps(meta, indent=2) + "\n"}
     if meta["excluded"]["csv"]:
-        files["excluded.csv"] = _excluded_text(excluded, meta["excluded"]["total"])
+        files["excluded.csv"] = _excluded_text(excluded)
     write_atomic(out, files, overwrite)
     return meta
 

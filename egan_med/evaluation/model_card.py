@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
-import math
 import os
 from importlib import metadata
 
 import numpy as np
 import pandas as pd
 
-from egan_med import metrics, xrv
-from egan_med.config import Config, config_from_dict, read_yaml
+from egan_med.evaluation import metrics
+from egan_med import xrv
+from egan_med.config import KIND_LABELS, Config, config_from_dict, read_yaml
+from egan_med.io import file_hash, fmt_interval, write_text
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SHOWN = (("precision", "Precision"), ("recall", "Recall"), ("specificity", "Specificity"), ("f1", "F1"),
-          ("auroc", "AUROC"), ("auprc", "AUPRC"))
+
+
+def _shown() -> list[tuple[str, str]]:
+    """(name, label) of the card's metric columns, read from the registry at call time."""
+    return [(m.name, m.label) for m in metrics.METRICS if m.in_card]
 
 LIMITS = """\
 - Research software for studying rare-class detection. It is **not a medical device** and must not be used
@@ -30,9 +33,6 @@ LIMITS = """\
   threshold-free AUROC/AUPRC and the trivial rows in report.md before trusting any F1 from this model."""
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _version(dist: str) -> str:
@@ -65,7 +65,7 @@ def weights_source(backbone: str, weights: str) -> str:
 
         url = torchvision.models.get_model_weights(backbone).IMAGENET1K_V1.url
         return f"ImageNet, torchvision IMAGENET1K_V1 ({os.path.basename(url)}, via the torch hub cache)"
-    digest = f"SHA-256 {_sha256(weights)}" if os.path.isfile(weights) else "file no longer present"
+    digest = f"SHA-256 {file_hash(weights)}" if os.path.isfile(weights) else "file no longer present"
     return f"state dict file {weights} ({digest})"
 
 
@@ -105,12 +105,7 @@ def _data_section(cfg: Config) -> list[str]:
 
 
 def _fmt(row: dict, key: str) -> str:
-    v, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return f"{v:.3f}"
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+    return fmt_interval(row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi"), digits=3)
 
 
 def _read_json(path: str) -> dict:
@@ -137,24 +132,24 @@ def _validation_row(run_dir: str, cfg: Config, op: dict, val_scores) -> tuple[di
     if not (op and os.path.isfile(history)):
         return None, "", "not available"
     at = pd.read_csv(history).set_index("epoch").loc[int(op["epoch"])]
-    row = {k: float(at[f"val_{k}"]) for k, _ in _SHOWN}
+    row = {k: float(at[f"val_{k}"]) for k, _ in _shown()}
     return row, "logit < 0 (training log)", (
         "from training's per-epoch log of the selected epoch (no CIs): AUROC/AUPRC are threshold-free; precision, "
         "recall, specificity and F1 are at the paper's logit < 0 rule, not at the operating point")
 
 
 def _metrics_section(run_dir: str, cfg: Config, op: dict, val_scores) -> list[str]:
-    head = "| split | model | operating point | " + " | ".join(h for _, h in _SHOWN) + " |"
+    head = "| split | model | operating point | " + " | ".join(h for _, h in _shown()) + " |"
     lines = ["## Metrics", "", "95% stratified bootstrap intervals in brackets.", "", head,
-             "|---" * (len(_SHOWN) + 3) + "|"]
+             "|---" * (len(_shown()) + 3) + "|"]
     val, rule, how = _validation_row(run_dir, cfg, op, val_scores)
-    label = {"egan": "eGAN", "supervised": "supervised baseline"}.get(cfg.model.kind, cfg.model.kind)
+    label = KIND_LABELS.get(cfg.model.kind, cfg.model.kind)
     if val is not None:
-        lines.append(f"| val | {label} | {rule} | " + " | ".join(_fmt(val, k) for k, _ in _SHOWN) + " |")
+        lines.append(f"| val | {label} | {rule} | " + " | ".join(_fmt(val, k) for k, _ in _shown()) + " |")
     report_path = os.path.join(run_dir, "report.json")
     rows = _read_json(report_path)["rows"] if os.path.isfile(report_path) else []
     for r in rows:
-        cells = " | ".join(_fmt(r, k) for k, _ in _SHOWN)
+        cells = " | ".join(_fmt(r, k) for k, _ in _shown())
         lines.append(f"| test | {r['model']} | {r['operating_point']} | {cells} |")
     lines += ["", f"- Validation: {how}.",
               "- Test: report.json rows; 'optimistic (paper protocol)' picks its epoch on the test split itself."
@@ -173,9 +168,7 @@ def render(run_dir: str, val_scores: tuple[np.ndarray, np.ndarray] | None = None
     best = os.path.join(run_dir, "checkpoints", "best.pt")
     m = cfg.model
     scorer_role = "scoring network (D)" if m.kind == "egan" else "classifier"
-    nets = [(scorer_role, m.discriminator, m.discriminator_weights or m.weights)]
-    if m.kind == "egan":
-        nets.append(("encoder (E)", m.encoder, m.encoder_weights or m.weights))
+    nets = [(scorer_role if r == "discriminator" else "encoder (E)", getattr(m, r), m.weights_for(r)) for r in m.roles()]
     lines = [f"# Model card: {cfg.name}", "",
              f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by egan_med {_version('egan_med')} "
              f"(torch {_version('torch')}, MONAI {_version('monai')}) from run `{os.path.abspath(run_dir)}`.", "",
@@ -188,7 +181,7 @@ def render(run_dir: str, val_scores: tuple[np.ndarray, np.ndarray] | None = None
     lines += [f"- Trainable top units: {'paper mapping' if m.trainable_blocks < 0 else m.trainable_blocks}; "
               f"train BatchNorm: {m.train_bn}"]
     if os.path.isfile(best):
-        lines.append(f"- Trained weights: `checkpoints/best.pt`, SHA-256 `{_sha256(best)}`")
+        lines.append(f"- Trained weights: `checkpoints/best.pt`, SHA-256 `{file_hash(best)}`")
     lines += ["", "## Operating point", ""]
     if op:
         lines += [f"- Rule: {op.get('rule')} target {op.get('target')}, chosen on the {op.get('chosen_on')} split; "
@@ -213,7 +206,5 @@ def write_model_card(run_dir: str, val_scores: tuple[np.ndarray, np.ndarray] | N
         The path of the card.
     """
     path = os.path.join(run_dir, "MODEL_CARD.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(render(run_dir, val_scores))
-    os.replace(path + ".tmp", path)
+    write_text(path, render(run_dir, val_scores))
     return path

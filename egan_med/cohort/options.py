@@ -1,5 +1,5 @@
 """What a cohort build is asked for (CohortOptions), its error type, and helpers shared by the builder
-(egan_med.cohort) and the source readers (egan_med.cohort_sources), so the readers never import the builder."""
+(egan_med.cohort) and the source readers (egan_med.cohort.sources), so the readers never import the builder."""
 from __future__ import annotations
 
 import dataclasses

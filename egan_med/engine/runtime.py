@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,21 @@ class Runtime:
         return self.world_size > 1
 
 
+def cpu_speedups() -> None:
+    """Flush denormal floats to zero: they make CPU convolutions several times slower (2.6 s vs 0.13 s measured)."""
+    torch.set_flush_denormal(True)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 is slower on most CPUs).
+
+    The one autocast of the package: training steps, scoring and predict all enter it, so scores match.
+    """
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def setup_runtime(device: str = "auto") -> Runtime:
     """Pick the device and join the process group when launched by torchrun.
 
@@ -37,8 +53,6 @@ def setup_runtime(device: str = "auto") -> Runtime:
     Returns:
         The ``Runtime`` of this process.
     """
-    from egan_med.scoring import cpu_speedups
-
     cpu_speedups()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from egan_med.image_formats import IMAGE_SUFFIXES
-from egan_med.cohort_options import SPLITS, CohortError, CohortOptions, check_paths_inside, stage
+from egan_med.io import file_hash
+from egan_med.cohort.options import SPLITS, CohortError, CohortOptions, check_paths_inside, stage
 
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
                    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
@@ -72,8 +73,7 @@ def _require_file(path: str) -> str:
 
 
 def _sha256(path: str) -> str:
-    with open(_require_file(path), "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_hash(_require_file(path))
 
 
 def _read_csv(path, name: str = "", **kwargs) -> pd.DataFrame:
@@ -108,50 +108,10 @@ def _no_duplicates(paths: pd.Series, src: str) -> None:
         raise CohortError(f"{src} lists {int(dup.sum())} image path(s) twice, e.g. {paths[dup].iloc[0]!r}")
 
 
-def _first_field(data: bytes, n: int) -> tuple[list[str], np.ndarray] | None:
-    """First field of each data line and the line's offset, when the table is plain ASCII with no quotes or CRs
-    (CheXpert's is): ~3x cheaper than pandas building that string column. None otherwise (use pandas)."""
-    if b'"' in data or b"\r" in data or not data.isascii():
-        return None
-    lines = data.decode("ascii").removesuffix("\n").split("\n")
-    if len(lines) != n + 1 or not lines[0].startswith("Path,"):
-        return None  # blank lines or a different first column: let pandas decide
-    base = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)) + 1)[:-1]
-    return [line.partition(",")[0] for line in lines[1:]], base
-
-
-def _path_keys(buf: bytes, base: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
-    """For paths buf[base[i]:ends[i]] shaped .../patientNNNNN/studyK/file: byte offsets (ps, pl, last) of the
-    patient folder and the next two slashes, the patient and study numbers as 8-byte keys (their exact bytes, so
-    "patient1" != "patient01"; hashing ints is far cheaper than strings), a mask of rows with that shape and
-    whether "/.." occurs anywhere in buf."""
-    padded = buf + bytes(8)
-    flat = np.frombuffer(padded, np.uint8)
-    slashes = np.flatnonzero(flat == ord("/"))
-    k = np.searchsorted(slashes, ends)
-    ps, pl, last = (slashes[np.maximum(k[:, None] - [3, 2, 1], 0)] if len(slashes) else np.zeros((len(k), 3), int)).T
-    ps = ps + 1
-    u8 = np.ndarray((len(buf),), "<u8", buffer=padded, strides=(1,))  # the 8 bytes at every offset
-    ones, zeros, nines = (np.uint64(int.from_bytes(bytes([c]) * 8, "little")) for c in (0xFF, 0x30, 0x76))
-    high = np.uint64(0x8080808080808080)
-
-    def digits(at: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mask = np.where(n >= 8, ones, (np.uint64(1) << (8 * np.clip(n, 0, 7)).astype(np.uint64)) - np.uint64(1))
-        word = u8[at] & mask
-        d = word ^ (zeros & mask)  # digit bytes become 0..9, bytes past the end stay 0
-        return word, (n >= 1) & (n <= 8) & ((d & high) == 0) & (((d + (nines & mask)) & high) == 0)
-
-    def starts(at: np.ndarray, text: bytes) -> np.ndarray:
-        return (u8[at] & np.uint64(2 ** (8 * len(text)) - 1)) == np.uint64(int.from_bytes(text, "little"))
-    (pkey, pok), (skey, sok) = digits(ps + 7, pl - ps - 7), digits(pl + 6, last - pl - 6)
-    ok = (k >= 3) & (ps > base) & pok & sok & starts(ps, b"patient") & starts(pl + 1, b"study")
-    dotdot = bool(((flat[slashes + 1] == ord(".")) & (flat[slashes + 2] == ord("."))).any())  # a "/.." anywhere
-    return ps, pl, last, pkey, skey, ok, dotdot
-
-
-def _names(prefix: str, keys: np.ndarray) -> np.ndarray:
-    """Folder names from _path_keys' digit keys (prefix + the key's bytes), as an object array."""
-    return np.strings.add(prefix, np.asarray(keys, "<u8").view("S8").astype(str)).astype(object)
+# CheXpert paths end .../patientNNNNN/studyK/file; the folder names are kept exactly ("patient1" != "patient01").
+_CHEXPERT_PATH = r"/(patient\d{1,8})/(study\d{1,8})/[^/]*$"
+# Paths that need the containment check: absolute, drive or backslash, a ".." step, a leading dot, or empty.
+_NOT_PLAIN = r"^$|^[/.]|[:\\]|/\.\."
 
 
 def read_chexpert(o: CohortOptions, csv: str, cols: list[str]) -> SourceTable:
@@ -169,25 +129,16 @@ def read_chexpert(o: CohortOptions, csv: str, cols: list[str]) -> SourceTable:
     if bad.any():
         raise CohortError(f"column {label!r} has {int(bad.sum())} value(s) outside {{1, 0, -1, blank}}, "
                           f"e.g. {df[label][bad].iloc[0]!r}")
-    fast = _first_field(data, len(df)) if data is not None else None
-    if fast:
-        strings, base, buf = np.fromiter(fast[0], object, len(fast[0])), fast[1], data
-        ends = base + np.fromiter(map(len, fast[0]), np.int64, len(base))  # ASCII: characters are bytes
-        lead = np.frombuffer(data, np.uint8)[base]  # and below: no "/..", ":" or "\\" in the whole file
-        plain = b":" not in data and b"\\" not in data and (ends > base).all() and not np.isin(lead, (47, 46)).any()
-    else:
-        strings = _read_csv(src(), usecols=["Path"], dtype=object, keep_default_na=False, name=csv)["Path"].to_numpy()
-        encoded = [p.encode() for p in strings]
-        buf, sizes = b"\n".join(encoded), np.fromiter(map(len, encoded), np.int64, len(encoded))
-        base = np.cumsum(sizes + 1) - sizes - 1
-        ends, plain = base + sizes, False
-    ps, pl, last, pkey, skey, ok, dotdot = _path_keys(buf, base, ends)
-    plain = plain and not dotdot  # (fast path: no quote, CR, comma or newline can be in a path)
+    paths = _read_csv(src(), usecols=["Path"], dtype=object, keep_default_na=False, name=csv)["Path"]
+    strings = paths.to_numpy()
+    folders = paths.str.extract(_CHEXPERT_PATH)
+    ok = folders[0].notna().to_numpy()
     if not ok.all():
         raise CohortError(f"{int((~ok).sum())} path(s) lack .../patientNNNNN/studyK/..., e.g. "
                           f"{strings[np.argmin(ok)]!r}; cannot group by patient")
-    (pcode, pkeys), (sname, skeys) = pd.factorize(pkey), pd.factorize(skey)
-    scode = pd.factorize(pcode * (len(skeys) + 1) + sname)[0]
+    plain = not paths.str.contains(_NOT_PLAIN).any()  # (CSV quoting is to_csv's job)
+    (pcode, patients), (sname, snames) = pd.factorize(folders[0]), pd.factorize(folders[1])
+    scode = pd.factorize(pcode * (len(snames) + 1) + sname)[0]  # a study is (patient, study folder)
     n_st = int(scode.max(initial=-1)) + 1
     if policy != "ignore":
         lab = np.where(lab == -1, 1.0 if policy == "ones" else 0.0, lab)
@@ -222,8 +173,8 @@ def read_chexpert(o: CohortOptions, csv: str, cols: list[str]) -> SourceTable:
         t.stages.append(stage("other images of kept studies", other.sum()))
     t.path, t.minority = strings[rows], (img[rows] == 2).astype(np.int8)
     t.patient_code, t.study_code = pcode[rows], scode[rows]
-    t.patient = _names("patient", pkeys)[t.patient_code]  # "patientNNNNN"
-    t.study = _names("study", skeys)[sname[rows]]  # "studyK", as CheXpert names it within a patient
+    t.patient = np.asarray(patients, dtype=object)[t.patient_code]  # "patientNNNNN"
+    t.study = np.asarray(snames, dtype=object)[sname[rows]]  # "studyK", as CheXpert names it within a patient
     return t
 
 

@@ -4,20 +4,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from egan_med.metrics import METRIC_NAMES, binary_metrics
+from egan_med.evaluation import metrics as registry  # report_row has an argument named metrics
+from egan_med.io import fmt_interval, write_text
+from egan_med.evaluation.metrics import binary_metrics
 
 _COUNT_KEYS = ("train_minority", "train_majority", "test_minority", "test_majority")
-# (row key, markdown header) of the paper's Table 6 columns plus the threshold-free ones.
-_MD_METRICS = (
-    ("precision", "Precision"), ("recall", "Recall"), ("specificity", "Specificity"), ("f1", "F1"),
-    ("auroc", "AUROC"), ("auprc", "AUPRC"), ("sens_at_spec", "Sens@{spec}%Spec"),
-)
+
+
+def _md_metrics() -> list[tuple[str, str]]:
+    """(name, label) of report.md's metric columns, read from the registry at call time."""
+    return [(m.name, m.label) for m in registry.METRICS if m.in_report]
 
 
 def _ratio(minority: int, majority: int) -> str:
@@ -58,7 +59,7 @@ def report_row(
         operating_point=operating_point, threshold=float(threshold), selection=selection,
         spec_target=float(metrics.get("spec_target", 0.9)),
     )
-    for name in METRIC_NAMES:
+    for name in registry.METRIC_NAMES:
         row[name] = float(metrics[name])
         lo, hi = ci[name] if ci is not None and name in ci else (math.nan, math.nan)
         row[f"{name}_lo"], row[f"{name}_hi"] = float(lo), float(hi)
@@ -87,18 +88,17 @@ def paper_protocol_rows(history: pd.DataFrame, label: str, counts: Mapping[str, 
     Returns:
         The two report rows.
     """
-    from egan_med.metrics import METRIC_NAMES
-    from egan_med.selection import select_epoch_paper_protocol
+    from egan_med.evaluation.selection import select_epoch_paper_protocol
 
     paper = select_epoch_paper_protocol(history, "test_f1")
     at = history[history.epoch == paper.epoch].iloc[0]
-    m = {k: at.get(f"test_{k}", math.nan) for k in METRIC_NAMES}
+    m = {k: at.get(f"test_{k}", math.nan) for k in registry.METRIC_NAMES}
     m.update(tp=at.test_correct_minority, tn=at.test_correct_majority,
              fn=at.test_n_minority - at.test_correct_minority, fp=at.test_n_majority - at.test_correct_majority)
     why = f"{paper.reason}; one model: every metric from that epoch (the paper's table takes per-metric maxima)"
     rows = [report_row(f"{label}, optimistic (paper protocol)", counts, "logit < 0 (paper)", 0.0, m, None, why)]
     maxima, best = {}, []
-    for k in METRIC_NAMES:
+    for k in registry.METRIC_NAMES:
         col = history.get(f"test_{k}")
         ok = col is not None and col.notna().any()
         maxima[k] = float(col.max()) if ok else math.nan
@@ -124,14 +124,6 @@ def trivial_rows(y_test, counts: Mapping[str, int], spec_target: float = 0.9) ->
     return rows
 
 
-def _fmt(value: float, lo: float = math.nan, hi: float = math.nan) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if math.isnan(lo) or math.isnan(hi):
-        return f"{value:.2f}"
-    return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
-
-
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -150,7 +142,7 @@ def _protocol_markdown(rows: Sequence[Mapping], header: Sequence[str]) -> list[s
         epoch = "-" if r.get("epoch", -1) < 0 else str(r["epoch"])
         op = f"{r['operating_point']} (t={r['threshold']:.3g})"
         cells = [r["protocol"], r["val_minority_used"], r["model"], epoch, op,
-                 *(_fmt(r[k], r.get(f"{k}_lo", math.nan), r.get(f"{k}_hi", math.nan))
+                 *(fmt_interval(r[k], r.get(f"{k}_lo"), r.get(f"{k}_hi"))
                    for k in ("auroc", "sens_at_spec", "recall", "specificity", "f1"))]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines += ["", "Selection per row: " + "; ".join(sorted({f"{r['model']}: {r['selection'].split(' on ')[0]}"
@@ -164,7 +156,7 @@ def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: 
     targets = {round(100 * float(r.get("spec_target", 0.9))) for r in rows}
     spec = f"{targets.pop()}" if len(targets) == 1 else "?"
     headers = ["Model", "#train minor", "#train major", f"#{split} minor", f"#{split} major", "ratio",
-               "operating point"] + [h.format(spec=spec) for _, h in _MD_METRICS]
+               "operating point"] + [h.format(spec=spec) for _, h in _md_metrics()]
     lines = [f"# {title}", ""] + [f"**Warning: {w}**\n" for w in warnings]
     if protocol_rows:
         lines += _protocol_markdown(protocol_rows, header)
@@ -174,7 +166,7 @@ def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: 
         op = r["operating_point"] if r["operating_point"] == "constant" \
             else f"{r['operating_point']} (t={r['threshold']:.3g})"
         cells = [r["model"], *(r[k] for k in _count_keys(split)), r["ratio"], op]
-        cells += [_fmt(r[k], r.get(f"{k}_lo", math.nan), r.get(f"{k}_hi", math.nan)) for k, _ in _MD_METRICS]
+        cells += [fmt_interval(r[k], r.get(f"{k}_lo"), r.get(f"{k}_hi")) for k, _ in _md_metrics()]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines += ["", "Predicted minority when the minority score s = -logit exceeds t. In brackets: "
               "percentile bootstrap interval, resampled within each class.", ""]
@@ -199,19 +191,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
                  warnings: Sequence[str] = (), header: Sequence[str] = (),
                  protocol_rows: Sequence[Mapping] = ()) -> None:
@@ -231,11 +210,11 @@ def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Seque
     os.makedirs(run_dir, exist_ok=True)
     names = dict(zip(_COUNT_KEYS, _count_keys(split)))
     rows = [{names.get(k, k): v for k, v in r.items()} for r in rows]
-    _write_atomic(os.path.join(run_dir, "report.md"),
-                  _markdown(rows, title, notes, split, warnings, header, protocol_rows))
-    _write_atomic(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
+    write_text(os.path.join(run_dir, "report.md"),
+               _markdown(rows, title, notes, split, warnings, header, protocol_rows))
+    write_text(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
     payload = {"title": title, "split": split, "warnings": list(warnings), "rows": rows, "notes": list(notes)}
     if protocol_rows:
         payload.update(label_budget=list(header), protocol_rows=[dict(r) for r in protocol_rows])
-    _write_atomic(os.path.join(run_dir, "report.json"),
+    write_text(os.path.join(run_dir, "report.json"),
                   json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -17,7 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from egan_med.selection import as_frame, nash_epochs
+from egan_med.io import atomic_path
+from egan_med.evaluation.selection import as_frame, nash_epochs
 
 History = pd.DataFrame | Iterable[Mapping]
 
@@ -26,15 +26,8 @@ def _save(fig: Figure, path: str) -> str:
     FigureCanvasAgg(fig)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -15,12 +15,13 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from egan_med import budget as bud
-from egan_med.config import Config
-from egan_med.splits import CohortSplits
+from egan_med.evaluation import budget as bud
+from egan_med.config import KIND_LABELS, Config
+from egan_med.io import atomic_path, write_json
+from egan_med.cohort.splits import CohortSplits
 
 ONECLASS = ("knn", "patchcore")
-LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class", "patchcore": "patch memory"}
+LABELS = KIND_LABELS  # the row label of each model kind
 
 
 def save_epoch_scores(run_dir: str, epoch: int, scored: Mapping[str, tuple]) -> None:
@@ -31,9 +32,8 @@ def save_epoch_scores(run_dir: str, epoch: int, scored: Mapping[str, tuple]) -> 
     arrays = {}
     for split, (y, logits) in scored.items():
         arrays[f"y_{split}"], arrays[f"s_{split}"] = np.asarray(y), -np.asarray(logits, np.float32)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, tmp=path + ".tmp.npz") as tmp:  # (np.savez would add .npz to a name without it)
+        np.savez(tmp, **arrays)
 
 
 def epoch_detector(run_dir: str, how: str = "") -> tuple[bud.Detector, np.ndarray, np.ndarray] | None:
@@ -83,16 +83,15 @@ def oneclass_scores(cfg: Config, splits: CohortSplits, kind: str, run_dir: str,
     for split in ("val", "test"):
         out[f"y_{split}"], out[f"s_{split}"] = model.score(loaders[split])
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
+    with atomic_path(path, tmp=path + ".tmp.npz") as tmp:
+        np.savez(tmp, **out)
     return out
 
 
 def fit_oneclass_run(cfg: Config, run_dir: str, force: bool = False) -> str:
     """``model.kind: knn | patchcore``: a run with no training; writes config and scores into ``run_dir``."""
-    from egan_med.rundir import check_run_dir, create_run_dir
-    from egan_med.splits import load_splits
+    from egan_med.engine.rundir import check_run_dir, create_run_dir
+    from egan_med.cohort.splits import load_splits
 
     wipe = check_run_dir(run_dir, cfg, resume=None, force=force)
     splits = load_splits(cfg)
@@ -100,8 +99,7 @@ def fit_oneclass_run(cfg: Config, run_dir: str, force: bool = False) -> str:
     print(f"run '{cfg.name}': {cfg.model.kind} on {cfg.data.cohort} at {cfg.data.image_size}px (no training)", file=sys.stderr)
     oneclass_scores(cfg, splits, cfg.model.kind, run_dir)
     # As a checkpoint's "cwd": relative config paths mean "from where the run was made", for evaluate elsewhere.
-    with open(os.path.join(run_dir, "oneclass", "run.json"), "w", encoding="utf-8") as fh:
-        json.dump({"cwd": os.getcwd()}, fh)
+    write_json(os.path.join(run_dir, "oneclass", "run.json"), {"cwd": os.getcwd()})
     return run_dir
 
 

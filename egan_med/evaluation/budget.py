@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from egan_med import metrics, report
+from egan_med.evaluation import metrics, report, thresholds
 
 GENEROUS, REALISTIC = "generous", "realistic"
 FUSION_MEAN, FUSION_WEIGHTED = "fusion (mean rank)", "fusion (val-weighted rank)"
@@ -174,7 +174,7 @@ def protocol_rows(detectors: Mapping[str, Detector], y_val, y_test, masks: Mappi
 
 
 def _row(label, proto, used, epoch, s_val, s_test, y_val, y_test, mask, counts, rule, target, bootstrap, seed, why):
-    thr = metrics.operating_threshold(rule, y_val[mask], s_val[mask], target)
+    thr = thresholds.operating_threshold(rule, y_val[mask], s_val[mask], target)
     m = metrics.binary_metrics(y_test, s_test, thr)
     ci = metrics.bootstrap_ci(y_test, s_test, thr, n=bootstrap, seed=seed) if bootstrap else None
     row = report.report_row(label, counts, f"{rule} {target:.2f} on val", thr, m, ci, why)

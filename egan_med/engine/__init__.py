@@ -1,0 +1,1 @@
+"""The training engine: step functions (and, after the reshape, runtime, checkpoints, run directories)."""
