@@ -171,7 +171,7 @@ def test_lock_is_exclusive_between_processes_and_released(tmp_path):
     cfg = load_config("configs/demo.yaml")
     rundir.create_run_dir(str(run), cfg, wipe=False)  # this process now holds the lock
     try:
-        probe = [sys.executable, "-c", "import sys; from egan_med import rundir\n"
+        probe = [sys.executable, "-c", "import sys; from egan_med.engine import rundir\n"
                  "try:\n    rundir.lock_run_dir(sys.argv[1])\nexcept rundir.RunDirError as e:\n"
                  "    print(e); sys.exit(2)", str(run)]
         got = subprocess.run(probe, capture_output=True, text=True, cwd=REPO)
