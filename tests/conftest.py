@@ -57,3 +57,27 @@ def data_root() -> Path:
 def shared_data(data_root: Path) -> Path:
     """Old name of ``data_root`` (it once pointed outside the repository), kept so older tests still run."""
     return data_root
+
+
+NPZ = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
+
+
+def build_tiny_cohort(out: Path, train: tuple[int, int], val: tuple[int, int], test: tuple[int, int]) -> str:
+    """A small cohort of the bundled PneumoniaMNIST (pneumonia = minority), built by the user's own command.
+
+    Args:
+        out: cohort folder to write.
+        train, val, test: (minority, majority) image counts of each split.
+
+    Returns:
+        The cohort.csv path.
+    """
+    import subprocess
+    import sys
+
+    sizes = [f"--{split}-{cls}={n}" for split, pair in (("train", train), ("val", val), ("test", test))
+             for cls, n in zip(("minority", "majority"), pair)]
+    subprocess.run([sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ),
+                    "--minority", "1", *sizes, "--out", str(out)], check=True, capture_output=True)
+    return str(out / "cohort.csv")
+

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +13,9 @@ from egan_med.evaluation import budget as bud
 from egan_med.config import ConfigError, load_config
 from egan_med.evaluation.metrics import binary_metrics
 from egan_med.train import main as train_main
+from conftest import build_tiny_cohort
 
 REPO = Path(__file__).resolve().parents[1]
-NPZ = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
 
 
 def _auroc(y, s) -> float:
@@ -98,12 +96,8 @@ def test_patch_memory_ranks_a_pasted_anomaly_above_normal_images():
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("cohort") / "c"
-    cmd = [sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ), "--minority", "1",
-           "--train-minority", "4", "--train-majority", "16", "--val-minority", "10", "--val-majority", "10",
-           "--test-minority", "8", "--test-majority", "8", "--out", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return str(out / "cohort.csv")
+    return build_tiny_cohort(tmp_path_factory.mktemp("cohort") / "c", train=(4, 16), val=(10, 10),
+                             test=(8, 8))
 
 
 @pytest.mark.parametrize("kind,label", [("patchcore", "patch memory"), ("knn", "kNN one-class")])

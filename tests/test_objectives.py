@@ -3,8 +3,6 @@ and checkpoint_every / channels_last on a tiny training run."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +15,8 @@ from egan_med.engine import steps
 from egan_med.engine.steps import StepBatch, StepNets, egan_step, supervised_step
 from egan_med.models import objectives as obj
 from egan_med.models.egan import Discriminator
+from conftest import build_tiny_cohort
 
-REPO = Path(__file__).resolve().parents[1]
-NPZ = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
 
 
 class TinyD(nn.Module):
@@ -161,12 +158,8 @@ def test_spectral_norm_bounds_the_head():
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("cohort") / "c"
-    cmd = [sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ), "--minority", "1",
-           "--train-minority", "4", "--train-majority", "16", "--val-minority", "4", "--val-majority", "4",
-           "--test-minority", "4", "--test-majority", "4", "--out", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return str(out / "cohort.csv")
+    return build_tiny_cohort(tmp_path_factory.mktemp("cohort") / "c", train=(4, 16), val=(4, 4),
+                             test=(4, 4))
 
 
 def _run(cohort: str, out: Path, *extra: str) -> int:

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from egan_med.data.samplers import BatchShardSampler
+from conftest import build_tiny_cohort
 
 REPO = Path(__file__).resolve().parents[1]
-NPZ = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
 
 
 class _Sized:
@@ -61,12 +61,8 @@ def test_the_issue_example_five_leftover_over_four_ranks():
 @pytest.fixture(scope="module")
 def cohort70(tmp_path_factory) -> str:
     """70 training majority images: an awkward remainder for 3 and for 4 processes."""
-    out = tmp_path_factory.mktemp("cohort") / "c70"
-    cmd = [sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ), "--minority", "1",
-           "--train-minority", "4", "--train-majority", "70", "--val-minority", "10", "--val-majority", "10",
-           "--test-minority", "10", "--test-majority", "10", "--out", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return str(out / "cohort.csv")
+    return build_tiny_cohort(tmp_path_factory.mktemp("cohort") / "c70", train=(4, 70), val=(10, 10),
+                             test=(10, 10))
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from egan_med.train import main as train_main
+from conftest import build_tiny_cohort
 
 REPO = Path(__file__).resolve().parents[1]
-NPZ = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
 # Small but real: 64 majority + 4 minority in train, 30 + 30 in val and test, 32 px, offline Lite0.
 TINY = ["train.epochs=2", "train.batch_size=32", "train.max_steps_per_epoch=2", "eval.bootstrap=50",
         "eval.baseline=false", "eval.knn=false", "data.augment=true"]
@@ -23,12 +23,8 @@ TINY = ["train.epochs=2", "train.batch_size=32", "train.max_steps_per_epoch=2", 
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("cohort") / "tiny"
-    cmd = [sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ), "--minority", "1",
-           "--train-minority", "4", "--train-majority", "64", "--val-minority", "30", "--val-majority", "30",
-           "--test-minority", "30", "--test-majority", "30", "--out", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return str(out / "cohort.csv")
+    return build_tiny_cohort(tmp_path_factory.mktemp("cohort") / "tiny", train=(4, 64), val=(30, 30),
+                             test=(30, 30))
 
 
 TIMING = ["seconds", "train_seconds", "train_images_per_s"]

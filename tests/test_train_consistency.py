@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -14,9 +12,8 @@ import torch
 import egan_med.train as train_mod
 from egan_med.config import ModelConfig, load_config
 from egan_med.models import Discriminator, ScorePair
+from conftest import build_tiny_cohort
 
-REPO = Path(__file__).resolve().parents[1]
-NPZ = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
 # Lite0 untrained with its top 3 units trainable and BatchNorm in training mode: a non-empty frozen trunk
 # (so the cached path differs from the uncached one) and train-mode BatchNorm where D learns.
 TRAIN_BN = ModelConfig(discriminator="efficientnet_lite0", weights="none", trainable_blocks=3, train_bn=True)
@@ -24,12 +21,8 @@ TRAIN_BN = ModelConfig(discriminator="efficientnet_lite0", weights="none", train
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("cohort") / "tiny"
-    cmd = [sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ), "--minority", "1",
-           "--train-minority", "4", "--train-majority", "32", "--val-minority", "10", "--val-majority", "10",
-           "--test-minority", "10", "--test-majority", "10", "--out", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return str(out / "cohort.csv")
+    return build_tiny_cohort(tmp_path_factory.mktemp("cohort") / "tiny", train=(4, 32), val=(10, 10),
+                             test=(10, 10))
 
 
 def _train(cohort: str, out: Path, *extra: str) -> int:

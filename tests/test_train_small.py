@@ -14,6 +14,7 @@ from egan_med.data.samplers import minority_subset
 from egan_med.data.transforms import build_augment
 from egan_med.models import egan
 from egan_med.train import main as train_main
+from conftest import build_tiny_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 NPZ = REPO / "egan_med" / "bundled" / "pneumoniamnist_28.npz"
@@ -40,12 +41,8 @@ def test_noise_std_is_the_std():
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("cohort") / "c"
-    cmd = [sys.executable, str(REPO / "scripts" / "build_cohort.py"), "--medmnist", str(NPZ), "--minority", "1",
-           "--train-minority", "10", "--train-majority", "16", "--val-minority", "6", "--val-majority", "6",
-           "--test-minority", "6", "--test-majority", "6", "--out", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return str(out / "cohort.csv")
+    return build_tiny_cohort(tmp_path_factory.mktemp("cohort") / "c", train=(10, 16), val=(6, 6),
+                             test=(6, 6))
 
 
 def test_training_draws_capped_minority_at_random_and_noises_both_sides(cohort, tmp_path, monkeypatch):
