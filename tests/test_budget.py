@@ -157,3 +157,17 @@ def test_budget_page_puts_both_protocols_side_by_side_and_checks_the_goal(tmp_pa
     md = (tmp_path / "RESULTS_BUDGET.md").read_text()
     assert "| CIFAR-10 1:500 | supervised baseline | 1 | 5 / 100 | 0.840 [0.81, 0.87] | 0.850 [0.82, 0.88] |" in md
     assert "| CIFAR-10 1:500 | fold0-seed0 | 0.890 [0.86, 0.92] | supervised baseline (0.840 [0.81, 0.87]) | yes | +0.050 |" in md
+
+
+def test_force_never_reuses_the_replaced_runs_scores(cohort, tmp_path):
+    """--force replaces a run of another config: its cached one-class scores and per-epoch scores go with it."""
+    out = tmp_path / "forced"
+    common = ["configs/demo.yaml", f"data.cohort={cohort}", "eval.baseline=false", "eval.patchcore=false",
+              "eval.bootstrap=10", "--out", str(out), "--threads", "1"]
+    assert train_main([*common, "train.epochs=3", "train.batch_size=8", "train.max_steps_per_epoch=1",
+                       "eval.knn=true", "model.knn_k=1"]) == 0
+    first_knn = np.load(out / "oneclass" / "knn.npz")["s_test"]
+    assert len(list((out / "epoch_scores").iterdir())) == 3
+    assert train_main([*common, "model.kind=knn", "eval.knn=false", "model.knn_k=10", "--force"]) == 0
+    assert not np.allclose(np.load(out / "oneclass" / "knn.npz")["s_test"], first_knn)  # refitted with k=10
+    assert not (out / "epoch_scores").exists()  # a kNN run has no epochs; the eGAN run's must not be read

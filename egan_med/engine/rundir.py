@@ -31,6 +31,7 @@ RUN_FILES = ("config.yaml", "metrics.csv", "report.md", "report.csv", "report.js
 # Folders egan_med writes, with what it writes inside them; "run" folders hold a nested run or evaluation.
 RUN_SUBDIRS = {"checkpoints": ("*.pt", "*.pt.prev"), "tb": ("events.out.tfevents.*",),
                "export": ("discriminator.ts.pt", "discriminator.onnx", "export.json"),
+               "epoch_scores": ("epoch_*.npz",), "oneclass": ("*.npz", "run.json"),
                "baseline": "run", "evaluations": "runs"}
 _held: dict[str, int] = {}  # realpath of a run directory -> fd of its lock file, held by this process
 
