@@ -251,6 +251,10 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
     for n in nets.values():
         n.to(dev).to(memory_format=fmt).train()
+    min_rows = minority_subset(len(d.minor), t.minority_cap, t.seed)  # seeded, not the first rows
+    if egan and len(min_rows) < 2 and any(m.training for m in nets["E"].modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        raise ConfigError(f"BatchNorm in training mode (model.train_bn, or model.weights=none) needs at least 2 minority "
+                          f"training images per step; this cohort/fold has {len(min_rows)}")
     # Only now, with cohort, images and weights all readable, does anything get written.
     if rt.is_main:
         create_run_dir(run_dir, cfg, wipe)
@@ -266,10 +270,6 @@ def _train(cfg: Config, run_dir: str, rt: Runtime, resume: bool | None, wipe: bo
         writer.add_image("data/augmented_real", grid, 0)
         _print_summary(cfg, d.splits, nets)
 
-    min_rows = minority_subset(len(d.minor), t.minority_cap, t.seed)  # seeded, not the first rows
-    if egan and len(min_rows) < 2 and any(m.training for m in nets["E"].modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        raise ConfigError(f"BatchNorm in training mode (model.train_bn, or model.weights=none) needs at least 2 minority "
-                          f"training images per step; this cohort/fold has {len(min_rows)}")
     # Frozen-trunk cache: real images never change without augmentation, so their trunk activations
     # are computed once; generated images still pass through all of D.
     # Under the training autocast: the uncached path runs the trunk in bf16 there, and the two must agree.

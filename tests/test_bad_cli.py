@@ -421,3 +421,14 @@ def test_run_evaluates_and_predicts_from_another_working_directory(tmp_path, mon
     assert predict.main(["--run", str(work / "run"), "--input", str(work / "cohort" / "cohort.csv"),
                          "--split", "test", "--out", str(out)]) == 0
     assert len(__import__("pandas").read_csv(out)) == 12
+
+
+def test_train_mode_batchnorm_with_one_minority_image_leaves_nothing_behind(tmp_path, capsys):
+    from conftest import build_tiny_cohort
+
+    cohort = build_tiny_cohort(tmp_path / "one", train=(1, 16), val=(4, 4), test=(4, 4))
+    out = tmp_path / "run"
+    assert train_main(["configs/demo.yaml", f"data.cohort={cohort}", *TINY, "model.train_bn=true",
+                       "--out", str(out)]) == 2
+    _one_line_error(capsys, "at least 2 minority")
+    assert not out.exists()
