@@ -13,8 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CHECKED = ["egan_med", "tests", "scripts", "configs", "Makefile", ".ci/run"]
 THIS = "tests/test_standalone.py"  # holds the patterns themselves
-# "../shared/...", ".../shared/...", and path joins such as REPO.parent / "shared" / "data" or join(REPO, "..", "shared")
-SHARED = r"""\.\./shared|/shared/|["']shared["']\s*/|/\s*["']shared["']|["']\.\.["']\s*,\s*["']shared["']"""
+NAME = "sha" "red"  # the team's data folder; spelled in two parts so that this file never matches its own check
+# "../NAME/...", ".../NAME/...", and path joins such as REPO.parent / "NAME" / "data" or join(REPO, "..", "NAME")
+SHARED = rf"""\.\./{NAME}|/{NAME}/|["']{NAME}["']\s*/|/\s*["']{NAME}["']|["']\.\.["']\s*,\s*["']{NAME}["']"""
 
 
 def tracked(*paths: str) -> list[str]:
@@ -48,8 +49,8 @@ def test_nothing_tracked_refers_to_a_shared_folder_beside_the_clone():
 
 
 def test_the_check_finds_each_form_of_reference(tmp_path):
-    lines = ['DATA = REPO.parent / "shared" / "data"', 'CSV = "../shared/data/x.csv"', "ok = 'shared memory'",
-             "--folder /work/shared/data/cifar", "p = os.path.join(REPO, '..', 'shared')"]
+    lines = [f'DATA = REPO.parent / "{NAME}" / "data"', f'CSV = "../{NAME}/data/x.csv"', f"ok = '{NAME} memory'",
+             f"--folder /work/{NAME}/data/cifar", f"p = os.path.join(REPO, '..', '{NAME}')"]
     (tmp_path / "t.py").write_text("\n".join(lines) + "\n")
     assert offenders([str(tmp_path / "t.py")], SHARED) == [f"{tmp_path / 't.py'}:{i}" for i in (1, 2, 4, 5)]
 
