@@ -25,8 +25,8 @@ def knn_and_data():
 def test_score_is_mean_distance_to_k_nearest_majority_features(knn_and_data):
     knn, majority, queries = knn_and_data
     y, score = knn.score(_loader(queries, [0, 0, 1, 1, 1]))
-    feats_major, _ = knn.features(_loader(majority, [0] * 10))
-    feats_query, _ = knn.features(_loader(queries, [0] * 5))
+    with torch.no_grad():
+        feats_major, feats_query = knn.embed(majority).numpy(), knn.embed(queries).numpy()
     assert np.allclose(np.linalg.norm(feats_major, axis=1), 1.0, atol=1e-5)  # L2-normalised
     dist = np.linalg.norm(feats_query[:, None, :] - feats_major[None, :, :], axis=2)
     expected = np.sort(dist, axis=1)[:, :3].mean(1)
@@ -53,4 +53,8 @@ def test_k_is_capped_by_the_majority_size_and_score_needs_fit():
     with pytest.raises(RuntimeError, match="fit must run"):
         knn.score(_loader(majority, [0, 0]))
     knn.fit(_loader(majority, [0, 0]))
-    assert knn.index.n_neighbors == 2
+    assert knn.bank.shape[0] == 2
+    with torch.no_grad():  # k=5 over 2 majority images: the mean distance to both of them
+        q = torch.rand(3, 3, 32, 32)
+        both = torch.cdist(knn.embed(q), knn.bank).mean(1)
+        assert torch.allclose(knn(q), both, atol=1e-5)

@@ -85,18 +85,19 @@ def test_instance_noise_refuses_the_feature_cache():
 def test_knn_neighbours_are_the_cosine_nearest_and_k1_ranks_by_cosine():
     import numpy as np
 
+    import torch
+
     from egan_med.models.knn import KNNOneClass
 
     rng = np.random.default_rng(0)
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
     major, query = unit(rng.normal(size=(60, 8))), unit(rng.normal(size=(25, 8)))
     for k in (1, 5):
-        knn = KNNOneClass.__new__(KNNOneClass)  # no backbone: features are given
-        knn.k, knn.index = k, None
-        knn.features = lambda loader, x=major: (x, np.zeros(len(x)))
-        knn.fit(None)
-        knn.features = lambda loader: (query, np.zeros(len(query)))
-        _, score = knn.score(None)
+        knn = KNNOneClass("efficientnet_lite0", "none", k=k, load=False)
+        knn.embed = lambda x: x  # no backbone: the features are given
+        knn.bank = torch.as_tensor(major, dtype=torch.float32)
+        with torch.no_grad():
+            score = knn(torch.as_tensor(query, dtype=torch.float32)).numpy()
         cos_dist = 1 - query @ major.T
         nearest = np.sort(cos_dist, axis=1)[:, :k]
         np.testing.assert_allclose(score, np.sqrt(2 * nearest).mean(1), atol=1e-6)  # what the docstring says

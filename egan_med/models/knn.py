@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.neighbors import NearestNeighbors
+from torch import nn
 from torch.utils.data import DataLoader
 
 from egan_med.models.backbones import Backbone
+from egan_med.models.distances import squared_distances
 
 
-class KNNOneClass:
+class KNNOneClass(nn.Module):
     """Minority score = mean Euclidean distance between L2-normalised features and their k nearest majority ones.
 
     On unit vectors ``||a - b|| = sqrt(2 - 2 cos(a, b))``, a monotone function of the cosine distance
@@ -21,37 +22,48 @@ class KNNOneClass:
     score ranks images as the cosine distance does. (With k > 1 it averages ``sqrt(2 * cosine distance)``,
     not the cosine distance itself.)
 
+    The fitted memory (every majority image's feature) is a buffer: the module's state dict is the whole
+    detector, and ``forward`` is its scorer (traceable to TorchScript and ONNX).
+
     Args:
         backbone: backbone name.
         weights: ``imagenet``, ``none`` or a state-dict path.
         k: neighbours averaged.
         device: where features are computed.
+        load: read the backbone weights (False when a saved state dict will fill them).
     """
 
-    def __init__(self, backbone: str, weights: str = "imagenet", k: int = 5, device: torch.device | str = "cpu"):
-        self.net = Backbone(backbone, weights, trainable_units=0).to(device).eval()
+    def __init__(self, backbone: str, weights: str = "imagenet", k: int = 5, device: torch.device | str = "cpu",
+                 load: bool = True):
+        super().__init__()
+        self.net = Backbone(backbone, weights, trainable_units=0, load=load)
         self.k, self.device = k, torch.device(device)
-        self.index: NearestNeighbors | None = None
+        self.register_buffer("bank", torch.zeros(0, self.net.out_channels))
+        self.to(self.device).eval()
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised pooled features of [0, 1] images."""
+        return torch.nn.functional.normalize(self.net(x).mean((2, 3)), dim=1)
 
     @torch.no_grad()
-    def features(self, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-        """L2-normalised pooled features and minority labels of every item of ``loader``."""
-        feats, ys = [], []
-        for batch in loader:
-            f = self.net(batch["image"].to(self.device)).mean((2, 3))
-            feats.append(torch.nn.functional.normalize(f, dim=1).cpu())
-            ys.append(torch.as_tensor(batch["minority"]))
-        return torch.cat(feats).numpy(), torch.cat(ys).numpy()
-
     def fit(self, majority_loader: DataLoader) -> "KNNOneClass":
-        x, _ = self.features(majority_loader)
-        self.index = NearestNeighbors(n_neighbors=min(self.k, len(x)), metric="euclidean").fit(x)
+        feats = [self.embed(batch["image"].to(self.device)).cpu() for batch in majority_loader]
+        self.bank = torch.cat(feats).to(self.device)
         return self
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Minority score of [0, 1] images: mean distance to the k nearest majority features."""
+        d2 = squared_distances(self.embed(x), self.bank)
+        k = min(self.k, self.bank.shape[0])
+        return torch.topk(d2, k, dim=1, largest=False).values.sqrt().mean(1)
+
+    @torch.no_grad()
     def score(self, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
         """Returns (y, minority score); larger = farther from the majority."""
-        if self.index is None:
+        if self.bank.shape[0] == 0:
             raise RuntimeError("KNNOneClass.fit must run before score")
-        x, y = self.features(loader)
-        dist, _ = self.index.kneighbors(x)
-        return y, dist.mean(1)
+        ys, ss = [], []
+        for batch in loader:
+            ss.append(self(batch["image"].to(self.device)).float().cpu())
+            ys.append(torch.as_tensor(batch["minority"]))
+        return torch.cat(ys).numpy(), torch.cat(ss).numpy()

@@ -11,13 +11,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from egan_med.models.backbones import Backbone
+from egan_med.models.distances import squared_distances
 
 
-class PatchMemory:
-    """PatchCore-style detector.
+class PatchMemory(nn.Module):
+    """PatchCore-style detector; the memory is a buffer, so the state dict is the whole detector and
+    ``forward`` its scorer (traceable to TorchScript and ONNX).
 
     Args:
         backbone: backbone name (a key of ``BACKBONES``).
@@ -25,16 +28,18 @@ class PatchMemory:
         memory: cap on memory patches (a seeded random subset when there are more).
         seed: the subsample's seed.
         device: where features are computed.
+        load: read the backbone weights (False when a saved state dict will fill them).
     """
 
     def __init__(self, backbone: str, weights: str = "imagenet", memory: int = 10000, seed: int = 0,
-                 device: torch.device | str = "cpu"):
-        self.net = Backbone(backbone, weights, trainable_units=0).to(device).eval()
+                 device: torch.device | str = "cpu", load: bool = True):
+        super().__init__()
+        self.net = Backbone(backbone, weights, trainable_units=0, load=load)
         self.units = list(self.net.trunk) + list(self.net.top)
         self.memory_cap, self.seed, self.device = memory, seed, torch.device(device)
-        self.bank: torch.Tensor | None = None
+        self.register_buffer("bank", torch.zeros(0, 0))
+        self.to(self.device).eval()
 
-    @torch.no_grad()
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """[B, P, C] patch features of [0, 1] images ``x``: stride-8 and stride-16 maps, 3x3 pooled."""
         h = self.net.normalize(x)
@@ -54,6 +59,7 @@ class PatchMemory:
         f = F.avg_pool2d(f.float(), 3, stride=1, padding=1, count_include_pad=False)
         return f.flatten(2).transpose(1, 2)
 
+    @torch.no_grad()
     def _loader_patches(self, loader: DataLoader) -> tuple[torch.Tensor, np.ndarray]:
         feats, ys = [], []
         for batch in loader:
@@ -74,17 +80,29 @@ class PatchMemory:
         patches, _ = self._loader_patches(majority_loader)
         return self.fit_patches(patches)
 
-    @torch.no_grad()
-    def score_patches(self, patches: torch.Tensor, chunk: int = 4096) -> np.ndarray:
-        """Max over each image's patches of the distance to the nearest memory patch."""
-        if self.bank is None:
-            raise RuntimeError("PatchMemory.fit must run before score")
-        n, p, c = patches.shape
-        flat = patches.reshape(-1, c).to(self.device)
-        nearest = torch.cat([torch.cdist(flat[i:i + chunk], self.bank).min(1).values for i in range(0, len(flat), chunk)])
-        return nearest.view(n, p).max(1).values.cpu().numpy()
+    def patch_distances(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, P] distance of each patch of [B, P, C] ``patches`` to its nearest memory patch."""
+        b, p, c = patches.shape
+        return squared_distances(patches.reshape(-1, c), self.bank).min(1).values.sqrt().view(b, p)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Minority score of [0, 1] images: the distance of their most distant patch to the memory."""
+        return self.patch_distances(self.patches(x)).max(1).values
+
+    @torch.no_grad()
+    def score_patches(self, patches: torch.Tensor, chunk: int = 64) -> np.ndarray:
+        """Max over each image's patches of the distance to the nearest memory patch."""
+        if self.bank.numel() == 0:
+            raise RuntimeError("PatchMemory.fit must run before score")
+        patches = patches.to(self.device)
+        return torch.cat([self.patch_distances(patches[i:i + chunk]).max(1).values
+                          for i in range(0, len(patches), chunk)]).cpu().numpy()
+
+    @torch.no_grad()
     def score(self, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
         """Returns (y, minority score); larger = farther from every normal patch."""
-        patches, y = self._loader_patches(loader)
-        return y, self.score_patches(patches)
+        ys, ss = [], []
+        for batch in loader:
+            ss.append(self(batch["image"].to(self.device)).float().cpu())
+            ys.append(torch.as_tensor(batch["minority"]))
+        return torch.cat(ys).numpy(), torch.cat(ss).numpy()
