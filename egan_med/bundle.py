@@ -2,8 +2,8 @@
 
 The bundle's ``configs/inference.json`` reads images with egan_med's own reader and evaluation preprocessing
 (``LoadRadiographd``, the code ``egan_med.predict`` uses), so a bundle run's scores equal ``predict``'s; it
-needs egan_med installed. The network is the run's TorchScript export; ``write_scores`` writes one CSV row per
-image (path, score, logit, decision, threshold), as ``predict`` does.
+needs egan_med installed. The network is the TorchScript export of the run's deployed scorer; ``write_scores``
+writes one CSV row per image (path, score, decision, threshold), as ``predict`` does.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def list_images(folder: str) -> list[dict[str, str]]:
     Returns:
         One ``{"image": path, "path": path}`` item per image, sorted by path.
     """
-    from egan_med.predict import list_inputs
+    from egan_med.deploy.serve import list_inputs
 
     return [{"image": f, "path": f} for f in list_inputs(folder)["file"]]
 
@@ -46,7 +46,7 @@ class LoadRadiographd(MapTransform):
         self.cfg = config_from_dict({"data": dict(data_config)})
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from egan_med.predict import eval_image
+        from egan_med.deploy.serve import eval_image
 
         d = dict(data)
         for key in self.key_iterator(d):
@@ -62,23 +62,22 @@ def write_scores(network: torch.nn.Module, dataloader, device: str | torch.devic
     A plain loop rather than a MONAI evaluator: those need pytorch-ignite, which egan_med does not depend on.
 
     Args:
-        network: the bundle's network (a logit per image; positive = majority).
+        network: the bundle's network (a minority score per image; higher = minority).
         dataloader: batches of ``{"image": (N, C, S, S), "path": [N paths]}``.
         device: where to run the network.
         output_file: CSV to write (folders are created; written atomically).
-        threshold: the run's operating point on the minority score (minority when -logit > threshold).
+        threshold: the run's operating point on the minority score (minority when score > threshold).
 
     Returns:
         ``output_file``.
     """
     network = network.to(device).eval()
     paths: list[str] = []
-    logits: list[float] = []
+    scores: list[float] = []
     for batch in dataloader:
         paths += [str(p) for p in batch["path"]]
-        logits += network(batch["image"].to(device)).float().reshape(-1).cpu().tolist()
-    logit = np.asarray(logits, dtype=np.float64)
-    out = pd.DataFrame({"path": paths, "score": -logit, "logit": logit})
+        scores += network(batch["image"].to(device)).float().reshape(-1).cpu().tolist()
+    out = pd.DataFrame({"path": paths, "score": np.asarray(scores, dtype=np.float64)})
     out["decision"] = np.where(out["score"] > float(threshold), "minority", "majority")
     out["threshold"] = float(threshold)
     os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)

@@ -187,7 +187,8 @@ class EvalConfig:
     patchcore: bool = False  # also fit the patch-level one-class memory (PatchCore family)
     fusion: bool = True  # add a "fusion (mean rank)" row when a run holds two or more detectors
     val_minority_budget: int = 0  # validation positives selection may use: 0 = all, -1 = as many as training positives, N
-    budget_seed: int = 0  # seed of the budgeted subset of validation positives (the same for every detector)
+    budget_seed: int = -1  # seed of the budgeted subset of validation positives (the same for every detector); -1 = from train.seed and data.fold
+    deploy: str = "auto"  # detector predict/export/bundle serve: auto (val-weighted fusion if eval.fusion, else model.kind) | egan | supervised | knn | patchcore | fusion_mean | fusion_weighted
 
 
 @dataclass
@@ -206,6 +207,25 @@ class Config:
 
 # Model kinds and the row labels reports, model cards and study tables give them.
 KIND_LABELS = {"egan": "eGAN", "supervised": "supervised baseline", "knn": "kNN one-class", "patchcore": "patch memory"}
+# eval.deploy's fusion names and their report rows.
+FUSION_LABELS = {"fusion_mean": "fusion (mean rank)", "fusion_weighted": "fusion (val-weighted rank)"}
+
+
+def run_detector_kinds(cfg: "Config") -> list[str]:
+    """The detectors a run of ``cfg`` holds: its own model, the baseline beside eGAN, the one-class detectors asked for."""
+    kinds = [cfg.model.kind]
+    if cfg.model.kind == "egan" and cfg.eval.baseline:
+        kinds.append("supervised")
+    kinds += [k for k in ("knn", "patchcore") if getattr(cfg.eval, k) and k != cfg.model.kind]
+    return kinds
+
+
+def deploy_label(cfg: "Config") -> str:
+    """The report row label of the detector a run deploys (``eval.deploy``, auto resolved)."""
+    want = cfg.eval.deploy
+    if want == "auto":
+        want = "fusion_weighted" if cfg.eval.fusion and len(run_detector_kinds(cfg)) > 1 else cfg.model.kind
+    return FUSION_LABELS.get(want) or KIND_LABELS[want]
 # The backbones egan_med.models.backbones.BACKBONES builds (named here so the config is checked without torch;
 # a test keeps the two equal).
 BACKBONE_NAMES = ("densenet121", "vgg16", "vgg19", "resnet101", "efficientnet_b2", "efficientnet_lite0",
@@ -219,6 +239,7 @@ _CHOICES = {
     "model.discriminator": BACKBONE_NAMES,
     "eval.select": ("val_auroc", "val_f1", "nash"),
     "eval.operating_point": ("logit0", "sensitivity", "specificity"),
+    "eval.deploy": ("auto", *KIND_LABELS, *FUSION_LABELS),
 }
 
 
@@ -312,6 +333,11 @@ def _check(cfg: Config) -> None:
     need(m.knn_k >= 1, "model.knn_k", "must be >= 1")
     need(m.patch_memory >= 1, "model.patch_memory", "must be >= 1")
     need(e.val_minority_budget >= -1, "eval.val_minority_budget", "must be 0 (all), -1 (as many as training positives) or N >= 1")
+    need(e.budget_seed >= -1, "eval.budget_seed", "must be -1 (from train.seed and data.fold) or a seed >= 0")
+    held = run_detector_kinds(cfg)
+    need(e.deploy == "auto" or (e.deploy.startswith("fusion") and e.fusion and len(held) > 1) or e.deploy in held,
+         "eval.deploy", f"this run holds {', '.join(held)}" + (" (and their fusions)" if e.fusion and len(held) > 1 else
+                                                               "; a fusion needs eval.fusion and two or more detectors"))
     _check_xrv(cfg, need)
     need(t.epochs >= 1, "train.epochs", "must be >= 1")
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1")

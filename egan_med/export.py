@@ -1,10 +1,12 @@
-"""Export a run's scoring network: ``python -m egan_med.export --run RUN_DIR [--out DIR | --bundle DIR]``.
+"""Export a run's deployed detector: ``python -m egan_med.export --run RUN_DIR [--out DIR | --bundle DIR]``.
 
-Writes ``discriminator.ts.pt`` (TorchScript, traced) and ``discriminator.onnx`` (dynamic batch axis) plus
-``export.json``. Both take float32 images (N, C, S, S) in [0, 1] at the run's size and channels, normalise
-inside, and return the logit (positive = majority; minority score = -logit). The spatial size is fixed at
-export: EfficientNet-Lite's "same" padding is computed from it. Running the ONNX file needs onnxruntime,
-an optional extra: ``pip install 'egan_med[export]'``.
+Writes ``scorer.ts.pt`` (TorchScript, traced) and ``scorer.onnx`` (dynamic batch axis) plus ``export.json``, of
+the detector the run deploys (``deploy/scorer.pt``: eGAN's D, the baseline, a one-class detector with its memory
+as a buffer, or the fusion with its components and validation references). Both take float32 images
+(N, C, S, S) in [0, 1] at the run's size and channels, normalise inside, and return the minority score (higher =
+minority; minority when score > the run's threshold). The spatial size is fixed at export: EfficientNet-Lite's
+"same" padding is computed from it. Running the ONNX file needs onnxruntime, an optional extra:
+``pip install 'egan_med[export]'``.
 
 ``--bundle DIR`` writes a MONAI bundle instead (configs/metadata.json, configs/inference.json, models/model.ts,
 models/model.pt, docs/README.md), which MONAI's runner scores folders with::
@@ -28,7 +30,7 @@ import torch
 from egan_med.io import atomic_path, file_hash, write_json
 
 ONNX_OPSET = 17
-TOLERANCE = 1e-4  # max |logit difference| accepted by the self-check
+TOLERANCE = 1e-4  # max |score difference| accepted by the self-check
 
 
 class ExportError(RuntimeError):
@@ -48,8 +50,8 @@ def load_onnx(path: str):
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(session, images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Logits of a (N, C, S, S) float batch in [0, 1] from an onnxruntime session."""
+def onnx_scores(session, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Minority scores of a (N, C, S, S) float batch in [0, 1] from an onnxruntime session."""
     x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
 
@@ -66,10 +68,10 @@ def _quiet_export():
 
 
 def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> dict:
-    """Write the TorchScript and ONNX models of a run and check them against PyTorch.
+    """Write the TorchScript and ONNX models of a run's deployed scorer and check them against PyTorch.
 
     Args:
-        run_dir: a run directory with ``checkpoints/best.pt``.
+        run_dir: an evaluated run directory (``deploy/scorer.pt`` and ``operating_point.json``).
         out_dir: destination (default ``RUN_DIR/export``).
         check: score a random batch with every format and fail above TOLERANCE.
 
@@ -79,16 +81,12 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
     Raises:
         ExportError: no run or checkpoint, or an export that disagrees with PyTorch.
     """
-    from egan_med.engine.checkpoint import CheckpointError
-    from egan_med.config import ConfigError
-    from egan_med.evaluate import load_scorer
-    from egan_med.models import WeightsError
+    from egan_med.deploy.finalize import SCORER_FILE
+    from egan_med.deploy.serve import PredictError, load_run
 
-    if not os.path.isdir(run_dir):
-        raise ExportError(f"run directory not found: {run_dir}")
     try:
-        net, cfg, state = load_scorer(run_dir)
-    except (CheckpointError, ConfigError, WeightsError) as exc:
+        net, cfg, op = load_run(run_dir)
+    except PredictError as exc:
         raise ExportError(str(exc)) from None
     net = net.cpu().float().eval()
     out_dir = out_dir or os.path.join(run_dir, "export")
@@ -98,29 +96,31 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
         raise ExportError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
     c, s = cfg.data.channels, cfg.data.image_size
     example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
-    ts_path, onnx_path = os.path.join(out_dir, "discriminator.ts.pt"), os.path.join(out_dir, "discriminator.onnx")
+    ts_path, onnx_path = os.path.join(out_dir, "scorer.ts.pt"), os.path.join(out_dir, "scorer.onnx")
     with _quiet_export(), torch.no_grad(), atomic_path(ts_path) as ts_tmp, atomic_path(onnx_path) as onnx_tmp:
         torch.jit.trace(net, example).save(ts_tmp)
         # The dynamo exporter (torch's default since 2.9) needs onnxscript, which is not a dependency here;
         # the legacy TorchScript-based exporter handles this network with the batch axis left dynamic.
-        torch.onnx.export(net, (example,), onnx_tmp, input_names=["image"], output_names=["logit"],
-                          dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}}, opset_version=ONNX_OPSET,
-                          dynamo=False)
+        try:
+            torch.onnx.export(net, (example,), onnx_tmp, input_names=["image"], output_names=["score"],
+                              dynamic_axes={"image": {0: "batch"}, "score": {0: "batch"}}, opset_version=ONNX_OPSET,
+                              dynamo=False)
+        except Exception as exc:  # an operator ONNX cannot hold: say which detector, in one line
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"ONNX cannot hold the deployed detector {op.get('detector')!r}: {first}") from None
 
     info = {
-        "run": os.path.abspath(run_dir), "checkpoint_epoch": int(state["epoch"]),
-        "checkpoint_sha256": file_hash(os.path.join(run_dir, "checkpoints", "best.pt")),
+        "run": os.path.abspath(run_dir), "detector": op.get("detector"), "epochs": op.get("epochs"),
+        "scorer_sha256": file_hash(os.path.join(run_dir, SCORER_FILE)),
         "torchscript": os.path.basename(ts_path), "onnx": os.path.basename(onnx_path),
         "onnx_exporter": f"torch.onnx.export(dynamo=False), opset {ONNX_OPSET}", "torch": torch.__version__,
         "input": {"name": "image", "shape": ["batch", c, s, s], "dtype": "float32", "range": [0.0, 1.0],
                   "preprocessing": "as egan_med.predict.eval_image: decode, fit longest side + pad to square, "
                                    "round to uint8, /255; normalisation is inside the model"},
-        "output": {"name": "logit", "shape": ["batch"], "meaning": "positive = majority; minority score = -logit"},
+        "output": {"name": "score", "shape": ["batch"],
+                   "meaning": "minority score, higher = more minority-like; minority when score > threshold"},
+        "operating_point": op,
     }
-    op_path = os.path.join(run_dir, "operating_point.json")
-    if os.path.isfile(op_path):
-        with open(op_path, encoding="utf-8") as fh:
-            info["operating_point"] = json.load(fh)
     if check:
         info["check"] = _self_check(net, ts_path, onnx_path, torch.rand(5, c, s, s))
     write_json(os.path.join(out_dir, "export.json"), info, indent=2)
@@ -133,7 +133,7 @@ META_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/d
 
 
 def _inference_config(cfg, threshold: float) -> dict:
-    """configs/inference.json: MONAI Dataset/DataLoader around egan_med's reader, the TorchScript network."""
+    """configs/inference.json: MONAI Dataset/DataLoader around egan_med's reader, the TorchScript scorer."""
     return {
         "imports": ["$import torch", "$import egan_med.bundle as egan_bundle", "$import egan_med.engine.runtime as egan_runtime"],
         "bundle_root": ".",
@@ -144,7 +144,7 @@ def _inference_config(cfg, threshold: float) -> dict:
         "batch_size": 32,
         "data_config": dataclasses.asdict(cfg.data) | {"augment": False, "cache_dir": "", "num_workers": 0},
         "network_def": "$torch.jit.load(@bundle_root + '/models/model.ts', map_location='cpu')",
-        # (N,) logits as (N, 1): MONAI's verify_net_in_out reads the channel count from dimension 1.
+        # (N,) scores as (N, 1): MONAI's verify_net_in_out reads the channel count from dimension 1.
         "network": "$torch.nn.Sequential(@network_def, torch.nn.Unflatten(0, (-1, 1))).eval()",
         "datalist": "$egan_bundle.list_images(@dataset_dir)",
         "preprocessing": {"_target_": "Compose", "transforms": [
@@ -195,13 +195,14 @@ def _metadata(run_dir: str, cfg, op: dict, splits) -> dict:
         "name": f"egan_med_{cfg.name}",
         "task": "Rare-class (minority) detection in chest radiographs: a score per image and a minority/majority "
                 "decision at the validated operating point",
-        "description": f"{cfg.model.kind} scoring network ({cfg.model.discriminator}, starting weights: "
-                       f"{weights_source(cfg.model.discriminator, w)}) trained by egan_med; see docs/README.md.",
+        "description": f"{op.get('detector')} ({cfg.model.discriminator} backbone, starting weights: "
+                       f"{weights_source(cfg.model.discriminator, w)}) deployed by egan_med run {cfg.name}, "
+                       f"{op.get('protocol')} label-budget protocol; see docs/README.md.",
         "authors": "egan_med user (see docs/README.md for the run)", "copyright": "see docs/README.md",
         "intended_use": LIMITS.splitlines()[0].lstrip("- "),
         "data_type": "dicom, png, jpeg",
         "image_classes": f"{c} channel(s), {s}x{s}, intensities in [0, 1] after egan_med's evaluation preprocessing",
-        "pred_classes": "1 channel: logit, positive = majority; minority score = -logit",
+        "pred_classes": f"1 channel: minority score of the deployed detector ({op.get('detector')}), higher = minority",
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "radiograph", "num_channels": c,
                                  "spatial_shape": [s, s], "dtype": "float32", "value_range": [0, 1],
@@ -209,7 +210,7 @@ def _metadata(run_dir: str, cfg, op: dict, splits) -> dict:
                                  "channel_def": {str(i): "grayscale" for i in range(c)}}},
             "outputs": {"pred": {"type": "probabilities", "format": "classes", "num_channels": 1,
                                  "spatial_shape": [1], "dtype": "float32", "value_range": [],
-                                 "is_patch_data": False, "channel_def": {"0": "logit (positive = majority)"}}},
+                                 "is_patch_data": False, "channel_def": {"0": "minority score (higher = minority)"}}},
         },
         "egan_med": {
             "operating_point": op,
@@ -245,7 +246,7 @@ def export_bundle(run_dir: str, out_dir: str) -> dict:
     from egan_med.cohort import CohortError
     from egan_med.config import ConfigError
     from egan_med.models import WeightsError
-    from egan_med.predict import PredictError, load_run
+    from egan_med.deploy.serve import PredictError, load_run
     from egan_med.cohort.splits import load_splits
 
     if os.path.exists(out_dir):
@@ -300,7 +301,8 @@ Score a folder of chest radiographs (PNG, JPEG, DICOM; searched recursively) wit
         --meta_file {name}/configs/metadata.json --bundle_root {name} \\
         --dataset_dir IMAGES --output_file scores.csv
 
-`scores.csv` has one row per image: path, score (= -logit, higher = more minority-like), logit, decision
+`scores.csv` has one row per image: path, score (the deployed detector's minority score, higher = more
+minority-like), decision
 (minority when score > threshold) and threshold, the run's operating point chosen on validation (metadata.json,
 `egan_med.operating_point`). The numbers equal `python -m egan_med.predict` on the same files (CPU).
 
@@ -319,14 +321,14 @@ The run's model card follows.
 
 
 def _self_check(net: torch.nn.Module, ts_path: str, onnx_path: str, x: torch.Tensor) -> dict:
-    """Max |logit - PyTorch logit| of the saved files on ``x``; onnxruntime's part is skipped when absent."""
+    """Max |score - PyTorch score| of the saved files on ``x``; onnxruntime's part is skipped when absent."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
         ref = net(x).numpy()
         ts = torch.jit.load(ts_path)(x).numpy()
     out = {"images": int(len(x)), "torchscript_max_abs_diff": float(np.abs(ts - ref).max())}
     try:
-        out["onnx_max_abs_diff"] = float(np.abs(onnx_logits(load_onnx(onnx_path), x) - ref).max())
+        out["onnx_max_abs_diff"] = float(np.abs(onnx_scores(load_onnx(onnx_path), x) - ref).max())
     except ExportError as exc:
         out["onnx_max_abs_diff"] = None
         print(f"note: ONNX file written but not checked: {exc}", file=sys.stderr)

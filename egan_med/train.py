@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from egan_med.config import Config, ConfigError, load_config
-from egan_med.engine.checkpoint import load_checkpoint, save_checkpoint
+from egan_med.engine.checkpoint import epoch_weights_path, load_checkpoint, save_checkpoint, trainable_state
 from egan_med.engine.steps import STEPS, StepBatch, StepNets
 from egan_med.engine.rundir import RunDirError, check_run_dir, create_run_dir, release_run_dirs, write_table_atomic
 from egan_med.engine.runtime import Runtime, autocast, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
@@ -210,7 +210,7 @@ def _end_epoch(cfg: Config, run_dir: str, row: dict, history: list[dict], d: _Da
     t, epoch, dev = cfg.train, row["epoch"], x_min.device
     scored = {}
     for split, ld in d.eval_loaders.items():
-        y, logits, _ = score_loader(step_nets.D, ld, dev, t.amp)
+        y, logits, _ = score_loader(step_nets.D, ld, dev)  # float32, as predict scores
         scored[split] = (y, logits)
         row.update(_epoch_metrics(split, y, logits, cfg.eval.nash_threshold))
     row["seconds"] = time.time() - t0
@@ -226,6 +226,11 @@ def _end_epoch(cfg: Config, run_dir: str, row: dict, history: list[dict], d: _Da
              "models": {k: n.state_dict() for k, n in nets.items()},
              "optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
     ckpt_dir = os.path.join(run_dir, "checkpoints")
+    # The scoring network's changeable weights of every epoch (small: the frozen trunk is not repeated), so the
+    # detector deployed under any label budget is the epoch that budget chose, not only best.pt's.
+    scorer = "D" if "D" in nets else "C"
+    save_checkpoint({"config": cfg.to_dict(), "epoch": epoch, "models": {scorer: trainable_state(nets[scorer])}},
+                    epoch_weights_path(run_dir, epoch), keep_previous=False)
     chosen = selection.select_epoch(history, cfg.eval.select, cfg.eval.nash_threshold)
     if chosen.epoch == epoch:
         save_checkpoint(state, os.path.join(ckpt_dir, "best.pt"), keep_previous=False)
@@ -365,9 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             base = copy.deepcopy(cfg)
             base.name, base.model.kind, base.eval.baseline, base.eval.knn = f"{cfg.name}-baseline", "supervised", False, False
             base.eval.patchcore = False  # one-class detectors belong to the parent run's report
+            base.eval.deploy = "auto"  # what is deployed is the parent run's choice
             train(base, os.path.join(run_dir, "baseline"), resume=True if args.resume else None, force=args.force)
         if int(os.environ.get("RANK", "0")) == 0:
-            from egan_med.evaluate import finalize_run
+            from egan_med.deploy.finalize import finalize_run
             finalize_run(run_dir)
             print(f"done: {run_dir}/report.md", file=sys.stderr)
     except (ConfigError, CohortError, RunDirError, WeightsError, BadImageError, CheckpointError) as exc:

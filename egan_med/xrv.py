@@ -62,6 +62,21 @@ def run_weights(model_cfg) -> list[str]:
     return [model_cfg.weights_for(role) for role in model_cfg.roles()]
 
 
+def unknown_weights_warning(weights: list[str]) -> str:
+    """A one-line warning for starting weights given as a state-dict file: what they saw cannot be told from here."""
+    files = sorted({w for w in weights if w not in ("imagenet", "none", "") and w not in XRV_WEIGHTS})
+    if not files:
+        return ""
+    return (f"unknown pretraining: the weights {', '.join(files)} are a state-dict file whose training data egan_med "
+            "cannot tell; if they were trained on images of this cohort's dataset, the metrics are optimistic "
+            "(name their training data in your report)")
+
+
 def run_leak_warning(cfg, meta: dict | None) -> str:
-    """``pretraining_leak`` for a run's config and its cohort.json contents (None: provenance unknown, no warning)."""
-    return pretraining_leak((meta or {}).get("source"), run_weights(cfg.model))
+    """The leakage warnings of a run's config and its cohort.json contents ("" when there is nothing to say).
+
+    Every run kind, one-class runs included: their frozen backbone's pretraining can have seen the cohort too.
+    """
+    weights = run_weights(cfg.model)
+    return "; ".join(w for w in (pretraining_leak((meta or {}).get("source"), weights),
+                                 unknown_weights_warning(weights)) if w)

@@ -234,7 +234,7 @@ def scoring_row(cohort: str, s: Sizes, device: torch.device) -> Row:
         for x in batches:
             F.adaptive_avg_pool2d(F.relu(bare(x.to(device))), 1).flatten(1).cpu()
 
-    ours_fn = lambda: score_loader(D, loader, device, amp=True)  # noqa: E731
+    ours_fn = lambda: score_loader(D, loader, device)  # noqa: E731
     ours_fn(), reference()  # warm-up; score_loader also turns on flush-denormal, process-wide, for both sides
     ours, ref = [], []
     for _ in range(s.score_rounds):

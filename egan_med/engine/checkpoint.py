@@ -71,3 +71,21 @@ def load_checkpoint(path: str) -> dict[str, Any]:
             warnings.warn(f"checkpoint {path} is unusable ({errors[-1]}); using the previous one, {candidate}")
         return state
     raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
+
+
+def trainable_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of ``net``'s state dict that training can change: trainable parameters and the buffers of
+    modules that hold one (BatchNorm statistics of a trainable block). The frozen rest is the same every epoch."""
+    keep = set()
+    for mname, module in net.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if any(p.requires_grad for _, p in own):
+            prefix = f"{mname}." if mname else ""
+            keep.update(prefix + n for n, _ in own)
+            keep.update(prefix + n for n, _ in module.named_buffers(recurse=False))
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items() if k in keep}
+
+
+def epoch_weights_path(run_dir: str, epoch: int) -> str:
+    """Where training keeps the scoring network's changeable weights of one epoch (any protocol may deploy it)."""
+    return os.path.join(run_dir, "checkpoints", "epochs", f"epoch_{epoch:03d}.pt")

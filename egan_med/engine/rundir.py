@@ -30,8 +30,9 @@ RUN_FILES = ("config.yaml", "metrics.csv", "report.md", "report.csv", "report.js
              "roc_pr_*.png", "scores_*.npz")
 # Folders egan_med writes, with what it writes inside them; "run" folders hold a nested run or evaluation.
 RUN_SUBDIRS = {"checkpoints": ("*.pt", "*.pt.prev"), "tb": ("events.out.tfevents.*",),
-               "export": ("discriminator.ts.pt", "discriminator.onnx", "export.json"),
-               "epoch_scores": ("epoch_*.npz",), "oneclass": ("*.npz", "run.json"),
+               "export": ("scorer.ts.pt", "scorer.onnx", "discriminator.ts.pt", "discriminator.onnx", "export.json"),
+               "epoch_scores": ("epoch_*.npz",), "oneclass": ("*.npz", "*.pt", "run.json"),
+               "deploy": ("scorer.pt", "scores_*.npz", "deploy.json"),
                "baseline": "run", "evaluations": "runs"}
 _held: dict[str, int] = {}  # realpath of a run directory -> fd of its lock file, held by this process
 
@@ -69,7 +70,7 @@ def remove_run_files(run_dir: str) -> list[str]:
                         remove_run_files(sub.path)
                         _rmdir_if_empty(sub.path)
             else:
-                sweep(entry.path, rule, nested=entry.name == "tb")
+                sweep(entry.path, rule, nested=entry.name in ("tb", "checkpoints"))  # checkpoints/epochs/
             _rmdir_if_empty(entry.path)
         elif entry.is_file(follow_symlinks=False) and _ours(entry.name, RUN_FILES):
             os.remove(entry.path)

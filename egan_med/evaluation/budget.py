@@ -19,10 +19,11 @@ from typing import Mapping
 
 import numpy as np
 
+from egan_med.config import FUSION_LABELS
 from egan_med.evaluation import metrics, report, thresholds
 
 GENEROUS, REALISTIC = "generous", "realistic"
-FUSION_MEAN, FUSION_WEIGHTED = "fusion (mean rank)", "fusion (val-weighted rank)"
+FUSION_MEAN, FUSION_WEIGHTED = FUSION_LABELS["fusion_mean"], FUSION_LABELS["fusion_weighted"]
 
 
 def resolve_budget(budget: int, n_train_minority: int, n_val_minority: int) -> int:
@@ -64,10 +65,21 @@ def budget_mask(y_val, n_positives: int, seed: int = 0) -> np.ndarray:
     return keep
 
 
+def resolve_budget_seed(budget_seed: int, train_seed: int, fold: int) -> int:
+    """``eval.budget_seed``, with -1 ("auto") drawn from the run's training seed and fold.
+
+    So the folds and seeds of a study are graded on different handfuls of validation positives, not on
+    one draw counted several times.
+    """
+    if budget_seed >= 0:
+        return int(budget_seed)
+    return int(np.random.SeedSequence([int(train_seed), int(fold) + 1, 1_000_003]).generate_state(1)[0] % (2 ** 31))
+
+
 def rank_normalise(reference, scores) -> np.ndarray:
     """Each score's position in ``reference`` (its empirical CDF), in [0, 1]; higher = more minority.
 
-    Uses no labels: the reference is a detector's scores on the whole validation split.
+    Uses no labels: the reference is a detector's scores on the validation images a protocol keeps.
     """
     ref = np.sort(np.asarray(reference, float).ravel())
     s = np.asarray(scores, float)
@@ -76,23 +88,31 @@ def rank_normalise(reference, scores) -> np.ndarray:
     return (lo + hi) / (2.0 * max(len(ref), 1))  # mid-rank: ties share a rank
 
 
+def fusion_weights(components: Mapping, weights: Mapping[str, float] | None) -> dict[str, float]:
+    """The weight each component gets: non-negative, equal when none or all zero are given."""
+    w = {k: max(0.0, float((weights or {}).get(k, 1.0))) for k in components}
+    return {k: 1.0 for k in w} if sum(w.values()) <= 0 else w
+
+
 def fuse(components: Mapping[str, tuple[np.ndarray, np.ndarray]],
-         weights: Mapping[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+         weights: Mapping[str, float] | None = None, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean of rank-normalised minority scores (default: equal weights, no label spent on them).
 
     Args:
         components: name -> (validation scores, test scores) of one chosen epoch each, higher = minority.
         weights: name -> non-negative weight; None or all zero = equal weights.
+        mask: the validation images the protocol keeps (None = all): the rank references come from these
+            only, since a user with a budget of positives does not hold the others at all.
 
     Returns:
-        (fused validation scores, fused test scores).
+        (fused validation scores, fused test scores): ranks against the masked validation scores.
     """
     if not components:
         raise ValueError("fusion needs at least one component")
-    w = np.array([max(0.0, float((weights or {}).get(k, 1.0))) for k in components])
-    w = np.ones(len(w)) if w.sum() <= 0 else w
-    val = np.average([rank_normalise(v, v) for v, _ in components.values()], axis=0, weights=w)
-    test = np.average([rank_normalise(v, t) for v, t in components.values()], axis=0, weights=w)
+    w = np.array(list(fusion_weights(components, weights).values()))
+    ref = {k: (v if mask is None else v[mask]) for k, (v, _) in components.items()}
+    val = np.average([rank_normalise(ref[k], v) for k, (v, _) in components.items()], axis=0, weights=w)
+    test = np.average([rank_normalise(ref[k], t) for k, (_, t) in components.items()], axis=0, weights=w)
     return val, test
 
 
@@ -124,9 +144,16 @@ def select_row(det: Detector, y_val, mask: np.ndarray) -> tuple[int, float]:
     return best, best_auc
 
 
+def fusion_members(chosen: Mapping[str, tuple], aucs: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """The two fusions of a protocol: label -> component weights (mean rank: equal; val-weighted: AUROC - 0.5)."""
+    # Weights from the same budget: each component's val AUROC above chance on the masked images,
+    # so a near-random component (often eGAN's D) stops diluting the others.
+    return {FUSION_MEAN: {k: 1.0 for k in chosen}, FUSION_WEIGHTED: {k: max(0.0, aucs[k] - 0.5) for k in chosen}}
+
+
 def protocol_rows(detectors: Mapping[str, Detector], y_val, y_test, masks: Mapping[str, np.ndarray],
                   counts: Mapping[str, int], rule: str, target: float, bootstrap: int, seed: int,
-                  fusion: bool = True) -> list[dict]:
+                  fusion: bool = True, choices: dict | None = None) -> list[dict]:
     """Report rows for every detector under every protocol, plus the fusion of them.
 
     Args:
@@ -140,6 +167,8 @@ def protocol_rows(detectors: Mapping[str, Detector], y_val, y_test, masks: Mappi
         bootstrap: CI resamples (0 = none).
         seed: bootstrap seed.
         fusion: add the two fusion rows (mean rank; rank weighted by budgeted val AUROC above chance).
+        choices: when given, filled with (protocol, label) -> {"row": epoch row index, "epoch", "weights"}:
+            what a deployment of that row needs.
 
     Returns:
         Rows with a ``protocol`` and ``val_minority_used`` key and the chosen ``epoch``.
@@ -157,20 +186,49 @@ def protocol_rows(detectors: Mapping[str, Detector], y_val, y_test, masks: Mappi
                    if len(det.epochs) > 1 else f"no epochs ({det.how}); val AUROC {auc:.3f} on {used} val positives")
             rows.append(_row(label, proto, used, det.epochs[i], det.val[i], det.test[i], y_val, y_test, mask,
                              counts, rule, target, bootstrap, seed, why))
+            if choices is not None:
+                choices[(proto, label)] = {"row": i, "epoch": int(det.epochs[i]), "val_auroc": float(auc)}
         if fusion and len(chosen) > 1:
-            fv, ft = fuse(chosen)
-            why = "mean of rank-normalised scores of " + ", ".join(chosen) + " (each at its own chosen epoch)"
-            rows.append(_row(FUSION_MEAN, proto, used, -1, fv, ft, y_val, y_test, mask, counts, rule,
-                             target, bootstrap, seed, why))
-            # Weights from the same budget: each component's val AUROC above chance on the masked images,
-            # so a near-random component (often eGAN's D) stops diluting the others.
-            w = {k: max(0.0, aucs[k] - 0.5) for k in chosen}
-            fv, ft = fuse(chosen, w)
-            why = ("rank-normalised scores weighted by (val AUROC - 0.5) on the budgeted val images: "
-                   + ", ".join(f"{k} {w[k]:.2f}" for k in chosen))
-            rows.append(_row(FUSION_WEIGHTED, proto, used, -1, fv, ft, y_val, y_test, mask, counts, rule,
-                             target, bootstrap, seed, why))
+            for name, w in fusion_members(chosen, aucs).items():
+                fv, ft = fuse(chosen, w, mask)
+                why = ("mean of rank-normalised scores of " + ", ".join(chosen) + " (each at its own chosen epoch)"
+                       if name == FUSION_MEAN else
+                       "rank-normalised scores weighted by (val AUROC - 0.5) on the budgeted val images: "
+                       + ", ".join(f"{k} {w[k]:.2f}" for k in chosen))
+                rows.append(_row(name, proto, used, -1, fv, ft, y_val, y_test, mask, counts, rule,
+                                 target, bootstrap, seed, why + "; ranks against the protocol's validation images"))
+                if choices is not None:
+                    choices[(proto, name)] = {"weights": fusion_weights(chosen, w)}
     return rows
+
+
+def budget_spread(detectors: Mapping[str, Detector], y_val, y_test, n_positives: int, rule: str, target: float,
+                  draws: int = 20, seed: int = 0, fusion: bool = True) -> list[dict]:
+    """What other handfuls of validation positives would have given: the realistic protocol over ``draws`` draws.
+
+    Each draw keeps a different seeded subset of ``n_positives`` validation positives (every validation majority
+    image stays), chooses every detector's epoch and threshold on it as the report does, and grades on test.
+
+    Returns:
+        One dict per detector: ``model``, ``draws``, and for auroc, recall, specificity and precision the median
+        and the 5th and 95th percentiles (``<metric>_median``, ``<metric>_p5``, ``<metric>_p95``).
+    """
+    y_val = np.asarray(y_val).astype(int)
+    masks = {f"draw {d}": budget_mask(y_val, n_positives, seed + 7919 * (d + 1)) for d in range(draws)}
+    rows = protocol_rows(detectors, y_val, y_test, masks, {k: 0 for k in report._COUNT_KEYS}, rule, target,
+                         bootstrap=0, seed=0, fusion=fusion)
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        entry: dict = {"model": model, "draws": len(mine)}
+        for k in SPREAD_METRICS:
+            v = np.array([r[k] for r in mine], float)
+            entry[f"{k}_median"], entry[f"{k}_p5"], entry[f"{k}_p95"] = (float(np.nanpercentile(v, q)) for q in (50, 5, 95))
+        out.append(entry)
+    return out
+
+
+SPREAD_METRICS = ("auroc", "recall", "specificity", "precision")
 
 
 def _row(label, proto, used, epoch, s_val, s_test, y_val, y_test, mask, counts, rule, target, bootstrap, seed, why):

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -57,15 +58,24 @@ def _loaders(cfg: Config, splits: CohortSplits) -> dict:
     return out
 
 
+def oneclass_scorer_path(run_dir: str, kind: str) -> str:
+    """Where a run keeps its fitted one-class detector (a saved scorer: ``models.scorers.load_scorer``)."""
+    return os.path.join(run_dir, "oneclass", f"{kind}.pt")
+
+
 def oneclass_scores(cfg: Config, splits: CohortSplits, kind: str, run_dir: str,
                     device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Fit the one-class detector ``kind`` on the majority training images and score val and test (cached).
 
+    The fitted detector is saved beside its scores (``oneclass/<kind>.pt``), so it deploys without refitting.
+
     Returns:
         dict with y_val, s_val, y_test, s_test (s: higher = more minority).
     """
+    from egan_med.models.scorers import save_scorer, spec_of
+
     path = os.path.join(run_dir, "oneclass", f"{kind}.npz")
-    if os.path.exists(path):
+    if os.path.exists(path) and os.path.exists(oneclass_scorer_path(run_dir, kind)):
         with np.load(path) as d:
             return {k: d[k] for k in d.files}
     weights = cfg.model.discriminator_weights or cfg.model.weights
@@ -83,6 +93,8 @@ def oneclass_scores(cfg: Config, splits: CohortSplits, kind: str, run_dir: str,
     for split in ("val", "test"):
         out[f"y_{split}"], out[f"s_{split}"] = model.score(loaders[split])
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_scorer(oneclass_scorer_path(run_dir, kind), model, spec_of(model),
+                {"detector": LABELS[kind], "config": cfg.to_dict()})
     with atomic_path(path, tmp=path + ".tmp.npz") as tmp:
         np.savez(tmp, **out)
     return out
@@ -97,10 +109,18 @@ def fit_oneclass_run(cfg: Config, run_dir: str, force: bool = False) -> str:
     splits = load_splits(cfg)
     create_run_dir(run_dir, cfg, wipe)
     print(f"run '{cfg.name}': {cfg.model.kind} on {cfg.data.cohort} at {cfg.data.image_size}px (no training)", file=sys.stderr)
-    oneclass_scores(cfg, splits, cfg.model.kind, run_dir)
+    oneclass_scores(cfg, splits, cfg.model.kind, run_dir, run_device(cfg))
     # As a checkpoint's "cwd": relative config paths mean "from where the run was made", for evaluate elsewhere.
     write_json(os.path.join(run_dir, "oneclass", "run.json"), {"cwd": os.getcwd()})
     return run_dir
+
+
+def run_device(cfg: Config) -> torch.device:
+    """The device a run's scoring and one-class feature passes use: ``train.device``, CUDA when auto finds one."""
+    name = cfg.train.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name if name != "cuda" or torch.cuda.is_available() else "cpu")
 
 
 def oneclass_run_cwd(run_dir: str) -> str | None:
@@ -139,18 +159,54 @@ def run_detectors(cfg: Config, run_dir: str, splits: CohortSplits, device) -> tu
     return dets, y_val, y_test
 
 
-def budget_section(cfg: Config, run_dir: str, splits: CohortSplits, device) -> tuple[list[str], list[dict]]:
-    """The label-budget header and both protocols' rows for every detector of the run."""
+@dataclass
+class BudgetSection:
+    """Every detector of a run under both protocols, and what deploying one of them needs.
+
+    Attributes:
+        header: the report's label-budget lines.
+        rows: ``budget.protocol_rows`` rows.
+        choices: (protocol, label) -> the chosen epoch row / fusion weights.
+        masks: protocol -> validation mask.
+        detectors: label -> Detector (per-epoch scores).
+        y_val, y_test: labels.
+        budget_seed: the seed the realistic subset was drawn with (``eval.budget_seed``, resolved).
+        spread: ``budget.budget_spread`` of the realistic protocol ([] without a budget).
+    """
+
+    header: list[str]
+    rows: list[dict]
+    choices: dict
+    masks: dict
+    detectors: dict
+    y_val: np.ndarray
+    y_test: np.ndarray
+    budget_seed: int
+    spread: list[dict] = field(default_factory=list)
+
+    @property
+    def deploy_protocol(self) -> str:
+        """The protocol a deployment follows: the realistic one whenever a budget holds validation positives back."""
+        return bud.REALISTIC if bud.REALISTIC in self.masks else bud.GENEROUS
+
+
+def budget_section(cfg: Config, run_dir: str, splits: CohortSplits, device, spread_draws: int = 20) -> BudgetSection | None:
+    """The label-budget header and both protocols' rows for every detector of the run (None: it has none)."""
     dets, y_val, y_test = run_detectors(cfg, run_dir, splits, device)
     if not dets:
-        return [], []
+        return None
     sizes = splits.sizes()
     n_train, n_val = sizes["train"][0], int(np.sum(y_val))
     used = bud.resolve_budget(cfg.eval.val_minority_budget, n_train, n_val)
-    masks = {bud.REALISTIC: bud.budget_mask(y_val, used, cfg.eval.budget_seed)} if used < n_val else {}
+    seed = bud.resolve_budget_seed(cfg.eval.budget_seed, cfg.train.seed, cfg.data.fold)
+    masks = {bud.REALISTIC: bud.budget_mask(y_val, used, seed)} if used < n_val else {}
     masks[bud.GENEROUS] = np.ones(len(y_val), bool)
-    header = bud.budget_header(n_train, n_val, used, cfg.eval.val_minority_budget, cfg.eval.budget_seed)
+    header = bud.budget_header(n_train, n_val, used, cfg.eval.val_minority_budget, seed)
     counts = splits.counts()
+    choices: dict = {}
     rows = bud.protocol_rows(dets, y_val, y_test, masks, counts, cfg.eval.operating_point, cfg.eval.target,
-                             cfg.eval.bootstrap, cfg.train.seed, fusion=cfg.eval.fusion)
-    return header, rows
+                             cfg.eval.bootstrap, cfg.train.seed, fusion=cfg.eval.fusion, choices=choices)
+    spread = (bud.budget_spread(dets, y_val, y_test, used, cfg.eval.operating_point, cfg.eval.target,
+                                draws=spread_draws, seed=seed, fusion=cfg.eval.fusion)
+              if bud.REALISTIC in masks and spread_draws > 0 else [])
+    return BudgetSection(header, rows, choices, masks, dets, np.asarray(y_val), np.asarray(y_test), seed, spread)

@@ -191,7 +191,7 @@ METRICS: tuple[Metric, ...] = (
            lambda r: (r.recall() + r.specificity()) / 2, in_report=False, in_card=False),
     Metric("auroc", "AUROC", lambda p: _nan_unless(p.both, lambda: roc_auc_score(p.y, p.s)), _auroc_batch),
     Metric("auprc", "AUPRC", lambda p: _nan_unless(p.both, lambda: average_precision_score(p.y, p.s)), _auprc_batch),
-    Metric("sens_at_spec", "Sens@{spec}%Spec", _sens_at_spec_point, _sens_at_spec_batch, in_card=False),
+    Metric("sens_at_spec", "Sens@{spec}%Spec (test ROC)", _sens_at_spec_point, _sens_at_spec_batch, in_card=False),
 )
 METRIC_NAMES = tuple(m.name for m in METRICS)  # every metric gets a bootstrap interval
 COUNT_NAMES = ("correct_minority", "correct_majority", "n_minority", "n_majority")

@@ -114,28 +114,26 @@ def _read_json(path: str) -> dict:
 
 
 def _validation_row(run_dir: str, cfg: Config, op: dict, val_scores) -> tuple[dict | None, str, str]:
-    """Validation metrics at the operating point, from the given or saved val scores, else metrics.csv."""
-    saved, best = os.path.join(run_dir, "scores_val.npz"), os.path.join(run_dir, "checkpoints", "best.pt")
-    fresh = os.path.isfile(saved) and os.path.isfile(best) and os.path.getmtime(saved) >= os.path.getmtime(best)
-    if val_scores is None and fresh:  # an older scores_val.npz may belong to another checkpoint
+    """Validation metrics of the deployed detector at its operating point, on the validation images that set it.
+
+    Args:
+        val_scores: (y, minority score) of those images; when None, ``deploy/scores_val.npz`` is read.
+    """
+    saved = os.path.join(run_dir, "deploy", "scores_val.npz")
+    if val_scores is None and os.path.isfile(saved):
         with np.load(saved) as z:
-            val_scores = (z["y"], z["logit"])
-    if val_scores is not None and op:
-        y, s, thr = np.asarray(val_scores[0]), -np.asarray(val_scores[1], dtype=np.float64), float(op["threshold"])
-        row = metrics.binary_metrics(y, s, thr)
-        if cfg.eval.bootstrap:
-            for k, (lo, hi) in metrics.bootstrap_ci(y, s, thr, n=cfg.eval.bootstrap, seed=cfg.train.seed).items():
-                row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
-        how = f"scores of the selected checkpoint at the operating point, {cfg.eval.bootstrap}-resample bootstrap CIs"
-        return row, f"{op.get('rule')} {op.get('target')} (t={thr:.3g})", how
-    history = os.path.join(run_dir, "metrics.csv")
-    if not (op and os.path.isfile(history)):
-        return None, "", "not available"
-    at = pd.read_csv(history).set_index("epoch").loc[int(op["epoch"])]
-    row = {k: float(at[f"val_{k}"]) for k, _ in _shown()}
-    return row, "logit < 0 (training log)", (
-        "from training's per-epoch log of the selected epoch (no CIs): AUROC/AUPRC are threshold-free; precision, "
-        "recall, specificity and F1 are at the paper's logit < 0 rule, not at the operating point")
+            val_scores = (z["y"], z["s"])
+    if val_scores is None or not op:
+        return None, "", "not available (run `python -m egan_med.evaluate RUN_DIR`)"
+    y, s, thr = np.asarray(val_scores[0]), np.asarray(val_scores[1], dtype=np.float64), float(op["threshold"])
+    row = metrics.binary_metrics(y, s, thr)
+    if cfg.eval.bootstrap:
+        for k, (lo, hi) in metrics.bootstrap_ci(y, s, thr, n=cfg.eval.bootstrap, seed=cfg.train.seed).items():
+            row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
+    how = (f"the deployed detector's scores on the {int(y.sum())} validation positives and {int((y == 0).sum())} "
+           f"majority images that set its threshold (optimistic: the threshold was fitted on them), "
+           f"{cfg.eval.bootstrap}-resample bootstrap CIs")
+    return row, f"{op.get('rule')} {op.get('target')} (t={thr:.3g})", how
 
 
 def _metrics_section(run_dir: str, cfg: Config, op: dict, val_scores) -> list[str]:
@@ -143,16 +141,19 @@ def _metrics_section(run_dir: str, cfg: Config, op: dict, val_scores) -> list[st
     lines = ["## Metrics", "", "95% stratified bootstrap intervals in brackets.", "", head,
              "|---" * (len(_shown()) + 3) + "|"]
     val, rule, how = _validation_row(run_dir, cfg, op, val_scores)
-    label = KIND_LABELS.get(cfg.model.kind, cfg.model.kind)
+    label = op.get("detector") or KIND_LABELS.get(cfg.model.kind, cfg.model.kind)
     if val is not None:
         lines.append(f"| val | {label} | {rule} | " + " | ".join(_fmt(val, k) for k, _ in _shown()) + " |")
     report_path = os.path.join(run_dir, "report.json")
-    rows = _read_json(report_path)["rows"] if os.path.isfile(report_path) else []
+    doc = _read_json(report_path) if os.path.isfile(report_path) else {}
+    protocol = op.get("protocol")
+    rows = [r for r in doc.get("protocol_rows", []) if r.get("protocol") == protocol] + doc.get("rows", [])
     for r in rows:
         cells = " | ".join(_fmt(r, k) for k, _ in _shown())
         lines.append(f"| test | {r['model']} | {r['operating_point']} | {cells} |")
     lines += ["", f"- Validation: {how}.",
-              "- Test: report.json rows; 'optimistic (paper protocol)' picks its epoch on the test split itself."
+              f"- Test: report.json rows, first every detector under the {protocol} protocol (the deployed one among "
+              "them), then the checkpoint rows; 'optimistic (paper protocol)' picks its epoch on the test split itself."
               if rows
               else "- Test: report.json not found (run `python -m egan_med.evaluate RUN_DIR`).", ""]
     return lines
@@ -176,17 +177,24 @@ def render(run_dir: str, val_scores: tuple[np.ndarray, np.ndarray] | None = None
     lines += _data_section(cfg)
     lines += ["## Model", "", f"- Kind: {m.kind}; input {cfg.data.image_size}x{cfg.data.image_size}, "
               f"{cfg.data.channels} channel(s), values in [0, 1]; normalisation inside the network.",
-              "- Output: a logit, positive = majority; minority score = -logit."]
+              f"- Deployed detector: {op.get('detector', 'not yet chosen (run egan_med.evaluate)')}, saved as "
+              "`deploy/scorer.pt` (every weight, memory bank and reference it needs); output: a minority score, "
+              "higher = more minority-like."]
     lines += [f"- {role}: {name}, starting weights: {weights_source(name, w)}" for role, name, w in nets]
     lines += [f"- Trainable top units: {'paper mapping' if m.trainable_blocks < 0 else m.trainable_blocks}; "
               f"train BatchNorm: {m.train_bn}"]
-    if os.path.isfile(best):
+    scorer = os.path.join(run_dir, "deploy", "scorer.pt")
+    if os.path.isfile(scorer):
+        lines.append(f"- Deployed scorer: `deploy/scorer.pt`, SHA-256 `{file_hash(scorer)}`")
+    elif os.path.isfile(best):
         lines.append(f"- Trained weights: `checkpoints/best.pt`, SHA-256 `{file_hash(best)}`")
     lines += ["", "## Operating point", ""]
     if op:
-        lines += [f"- Rule: {op.get('rule')} target {op.get('target')}, chosen on the {op.get('chosen_on')} split; "
+        lines += [f"- Detector: {op.get('detector')}; {op.get('protocol')} label-budget protocol: set on "
+                  f"{op.get('val_minority')} validation positives and {op.get('val_majority')} validation majority images.",
+                  f"- Rule: {op.get('rule')} target {op.get('target')}, chosen on the {op.get('chosen_on')} split; "
                   f"threshold {float(op['threshold']):.6g} on the minority score (minority when score > threshold).",
-                  f"- Epoch {op.get('epoch')}: {op.get('selection')}", ""]
+                  f"- Epochs: {op.get('epochs')}; {op.get('selection')}", ""]
     else:
         lines += ["- operating_point.json not found: the run has not been evaluated.", ""]
     lines += _metrics_section(run_dir, cfg, op, val_scores)

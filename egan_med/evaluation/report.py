@@ -133,33 +133,60 @@ def _count_keys(split: str) -> tuple[str, ...]:
     return tuple(k.replace("test_", f"{split}_") for k in _COUNT_KEYS)
 
 
-def _protocol_markdown(rows: Sequence[Mapping], header: Sequence[str]) -> list[str]:
+# What a deployment does: recall, specificity and precision at the threshold chosen on validation, first.
+PROTOCOL_COLUMNS = (("recall", "Recall"), ("specificity", "Specificity"), ("precision", "Precision"), ("f1", "F1"),
+                    ("auroc", "AUROC"), ("sens_at_spec", "Sens@90%Spec read off the test ROC (not deployable)"))
+
+
+def _protocol_markdown(rows: Sequence[Mapping], header: Sequence[str], deployed: Mapping | None = None,
+                       spread: Sequence[Mapping] = ()) -> list[str]:
     """The label-budget section: every detector under each protocol, epoch and threshold chosen under it."""
-    lines = ["## Label budget: realistic and generous selection", "", *header, "",
-             "| Protocol | val positives used | Model | epoch | operating point | AUROC | Sens@90%Spec | Recall | "
-             "Specificity | F1 |", "|" + "---|" * 10]
+    lines = ["## Label budget: realistic and generous selection", "", *header, ""]
+    if deployed:
+        lines += [f"**Deployed: {deployed['detector']}** ({deployed['protocol']} protocol, threshold "
+                  f"{deployed['threshold']:.4g} set on {deployed['val_minority']} validation positives and "
+                  f"{deployed['val_majority']} validation majority images): what `predict`, the export and the bundle "
+                  "score with. Its row below is scored by the saved scorer itself.", ""]
+    lines += ["| Protocol | val positives used | Model | epoch | operating point | "
+              + " | ".join(label for _, label in PROTOCOL_COLUMNS) + " |", "|" + "---|" * (5 + len(PROTOCOL_COLUMNS))]
     for r in rows:
         epoch = "-" if r.get("epoch", -1) < 0 else str(r["epoch"])
         op = f"{r['operating_point']} (t={r['threshold']:.3g})"
-        cells = [r["protocol"], r["val_minority_used"], r["model"], epoch, op,
-                 *(fmt_interval(r[k], r.get(f"{k}_lo"), r.get(f"{k}_hi"))
-                   for k in ("auroc", "sens_at_spec", "recall", "specificity", "f1"))]
+        model = r["model"] + (" (deployed)" if deployed and r["model"] == deployed["detector"]
+                              and r["protocol"] == deployed["protocol"] else "")
+        cells = [r["protocol"], r["val_minority_used"], model, epoch, op,
+                 *(fmt_interval(r[k], r.get(f"{k}_lo"), r.get(f"{k}_hi")) for k, _ in PROTOCOL_COLUMNS)]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    lines += ["", "Selection per row: " + "; ".join(sorted({f"{r['model']}: {r['selection'].split(' on ')[0]}"
-                                                            for r in rows if r["protocol"] == rows[0]["protocol"]})), ""]
+    lines += ["", "Recall, specificity, precision and F1 are at the threshold chosen on validation: what a deployed "
+              "detector does. The last column reads sensitivity off the test ROC at 90% test specificity, a "
+              "threshold no user could have set; it compares rankings, not deployments.", "",
+              "Selection per row: " + "; ".join(sorted({f"{r['model']}: {r['selection'].split(' on ')[0]}"
+                                                       for r in rows if r["protocol"] == rows[0]["protocol"]})), ""]
+    if spread:
+        n = spread[0]["draws"]
+        lines += [f"### Spread over {n} draws of the budgeted validation positives", "",
+                  f"The realistic protocol re-run {n} times, each on another seeded handful of validation positives "
+                  "(same size, every validation majority image kept): median [5th, 95th percentile] on test.", "",
+                  "| Model | AUROC | Recall | Specificity | Precision |", "|---|---|---|---|---|"]
+        for e in spread:
+            cells = [e["model"], *(f"{e[f'{k}_median']:.3f} [{e[f'{k}_p5']:.3f}, {e[f'{k}_p95']:.3f}]"
+                                   for k in ("auroc", "recall", "specificity", "precision"))]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
     return lines
 
 
 def _markdown(rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
               warnings: Sequence[str] = (), header: Sequence[str] = (),
-              protocol_rows: Sequence[Mapping] = ()) -> str:
+              protocol_rows: Sequence[Mapping] = (), deployed: Mapping | None = None,
+              spread: Sequence[Mapping] = ()) -> str:
     targets = {round(100 * float(r.get("spec_target", 0.9))) for r in rows}
     spec = f"{targets.pop()}" if len(targets) == 1 else "?"
     headers = ["Model", "#train minor", "#train major", f"#{split} minor", f"#{split} major", "ratio",
                "operating point"] + [h.format(spec=spec) for _, h in _md_metrics()]
     lines = [f"# {title}", ""] + [f"**Warning: {w}**\n" for w in warnings]
     if protocol_rows:
-        lines += _protocol_markdown(protocol_rows, header)
+        lines += _protocol_markdown(protocol_rows, header, deployed, spread)
         lines += ["## Checkpoint rows (selected on every validation positive) and the paper's optimistic rows", ""]
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
@@ -193,7 +220,8 @@ def _jsonable(value: Any) -> Any:
 
 def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Sequence[str], split: str = "test",
                  warnings: Sequence[str] = (), header: Sequence[str] = (),
-                 protocol_rows: Sequence[Mapping] = ()) -> None:
+                 protocol_rows: Sequence[Mapping] = (), deployed: Mapping | None = None,
+                 spread: Sequence[Mapping] = ()) -> None:
     """Write report.md, report.csv and report.json into ``run_dir``, each atomically.
 
     Args:
@@ -206,15 +234,21 @@ def write_report(run_dir: str, rows: Sequence[Mapping], title: str, notes: Seque
             the title of report.md and stored as report.json's "warnings".
         header: the label-budget lines (``budget.budget_header``), shown above everything.
         protocol_rows: ``budget.protocol_rows`` (every detector under each protocol), as a first section.
+        deployed: what the run deploys (operating_point.json's content), named above the protocol table.
+        spread: ``budget.budget_spread``: the realistic protocol over many draws of validation positives.
     """
     os.makedirs(run_dir, exist_ok=True)
     names = dict(zip(_COUNT_KEYS, _count_keys(split)))
     rows = [{names.get(k, k): v for k, v in r.items()} for r in rows]
     write_text(os.path.join(run_dir, "report.md"),
-               _markdown(rows, title, notes, split, warnings, header, protocol_rows))
+               _markdown(rows, title, notes, split, warnings, header, protocol_rows, deployed, spread))
     write_text(os.path.join(run_dir, "report.csv"), pd.DataFrame(rows).to_csv(index=False))
     payload = {"title": title, "split": split, "warnings": list(warnings), "rows": rows, "notes": list(notes)}
     if protocol_rows:
         payload.update(label_budget=list(header), protocol_rows=[dict(r) for r in protocol_rows])
+    if deployed:
+        payload["deployed"] = dict(deployed)
+    if spread:
+        payload["budget_spread"] = [dict(e) for e in spread]
     write_text(os.path.join(run_dir, "report.json"),
                   json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

@@ -11,7 +11,7 @@ from egan_med.engine.runtime import autocast, cpu_speedups
 
 
 @torch.no_grad()
-def score_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
+def score_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
                  progress: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Score every item of a loader.
 
@@ -19,7 +19,8 @@ def score_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp
         model: maps [0, 1] images to logits (positive = majority).
         loader: yields dicts with ``image``, ``minority`` and ``index``.
         device: where the model lives.
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast on CUDA. Off by default and everywhere egan_med scores: every score a threshold is
+            set on, reported or deployed is float32, the precision ``predict``, the export and the bundle run.
         progress: a tqdm description, or None for no bar.
 
     Returns:
