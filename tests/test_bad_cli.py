@@ -303,6 +303,17 @@ def _damage_checkpoint(run: Path, how: str) -> None:
         (run / "checkpoints" / extra).unlink(missing_ok=True)
 
 
+def _damage_scorer(run: Path, how: str) -> None:
+    """The deployed scorer (what predict and export read), damaged the same two ways."""
+    path = run / "deploy" / "scorer.pt"
+    blob = torch.load(path, weights_only=True)
+    if how == "no_D":
+        blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if "components.0." not in k}
+    else:
+        blob["spec"]["components"][0]["model"]["discriminator"] = "efficientnet_b2"
+    torch.save(blob, path)
+
+
 @pytest.mark.parametrize("how", ["no_D", "backbone"])
 def test_bad_checkpoint_is_one_line_everywhere(run_copy, tmp_path, capsys, how):
     _damage_checkpoint(run_copy, how)
@@ -311,12 +322,13 @@ def test_bad_checkpoint_is_one_line_everywhere(run_copy, tmp_path, capsys, how):
     assert evaluate.main([str(run_copy)]) == 2
     _one_line_error(capsys, needle)
     assert (run_copy / "report.md").read_text() == report
+    _damage_scorer(run_copy, how)
     _pngs(tmp_path / "imgs")
     assert predict.main(["--run", str(run_copy), "--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "s.csv")]) == 2
-    _one_line_error(capsys, needle)
+    _one_line_error(capsys, "do not fit")
     assert not (tmp_path / "s.csv").exists()
     assert export.main(["--run", str(run_copy), "--out", str(tmp_path / "exp")]) == 2
-    _one_line_error(capsys, needle)
+    _one_line_error(capsys, "do not fit")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
@@ -368,7 +380,9 @@ def test_one_list_of_image_suffixes():
     from egan_med.image_formats import IMAGE_SUFFIXES
 
     assert IMAGE_EXTS == {*IMAGE_SUFFIXES, ""} and ".npy" not in IMAGE_EXTS
-    assert predict._is_image("a/b.TIF") and predict._is_image("x.tiff") and not predict._is_image("x.npy")
+    from egan_med.deploy.serve import _is_image
+
+    assert _is_image("a/b.TIF") and _is_image("x.tiff") and not _is_image("x.npy")
 
 
 @pytest.mark.parametrize("where", ["under_file", "no_permission"])

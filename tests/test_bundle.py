@@ -119,10 +119,12 @@ def test_monai_runner_scores_equal_predict_on_png_jpeg_dicom(bundle, run_dir, im
     assert (ref["error"] == "").all()
     merged = got.merge(ref, on="path", suffixes=("", "_predict"))
     assert len(merged) == len(ref) == len(got) == 6
-    assert np.ptp(merged["logit"]) > 1e-4  # distinct radiographs, distinct scores
-    print(f"bundle vs predict on {len(merged)} radiographs: max |logit diff| "
-          f"{float(np.abs(merged['logit'] - merged['logit_predict']).max()):.3g}")
-    np.testing.assert_allclose(merged["logit"], merged["logit_predict"], atol=1e-5, rtol=0)
+    # the run deploys the val-weighted fusion (eGAN's D and the patch memory): the bundle serves that, not D alone
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["egan_med"]["operating_point"]["detector"] == "fusion (val-weighted rank)"
+    assert np.ptp(merged["score"]) > 1e-4  # distinct radiographs, distinct scores
+    print(f"bundle vs predict on {len(merged)} radiographs: max |score diff| "
+          f"{float(np.abs(merged['score'] - merged['score_predict']).max()):.3g}")
     np.testing.assert_allclose(merged["score"], merged["score_predict"], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(merged["decision"], merged["decision_predict"])
     np.testing.assert_allclose(merged["threshold"], merged["threshold_predict"])

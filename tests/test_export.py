@@ -45,18 +45,19 @@ def test_torchscript_and_onnx_match_pytorch_on_real_radiographs(run_dir, exporte
         ref = net(x).numpy()
         ts = torch.jit.load(str(out / info["torchscript"]))(x).numpy()
     session = export.load_onnx(str(out / info["onnx"]))
-    onnx = export.onnx_logits(session, x)
+    onnx = export.onnx_scores(session, x)
     ts_diff, onnx_diff = float(np.abs(ts - ref).max()), float(np.abs(onnx - ref).max())
-    print(f"max |logit diff| vs PyTorch on {len(x)} radiographs: TorchScript {ts_diff:.3g}, ONNX {onnx_diff:.3g}")
+    print(f"max |score diff| vs PyTorch on {len(x)} radiographs: TorchScript {ts_diff:.3g}, ONNX {onnx_diff:.3g}")
     assert ref.shape == ts.shape == onnx.shape == (8,) and np.ptp(ref) > 0  # distinct images, distinct scores
     assert ts_diff <= 1e-5 and onnx_diff <= 1e-4
-    # dynamic batch axis: one image and an odd batch give the same per-image logits
-    np.testing.assert_allclose(export.onnx_logits(session, x[:1]), ref[:1], atol=1e-4)
-    np.testing.assert_allclose(export.onnx_logits(session, x[1:6].numpy()), ref[1:6], atol=1e-4)
+    # dynamic batch axis: one image and an odd batch give the same per-image scores
+    np.testing.assert_allclose(export.onnx_scores(session, x[:1]), ref[:1], atol=1e-4)
+    np.testing.assert_allclose(export.onnx_scores(session, x[1:6].numpy()), ref[1:6], atol=1e-4)
     assert info["check"]["torchscript_max_abs_diff"] <= export.TOLERANCE
     assert info["input"]["shape"] == ["batch", cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
     assert info["operating_point"]["threshold"] == op["threshold"]
-    assert json.loads((out / "export.json").read_text())["onnx"] == "discriminator.onnx"
+    saved = json.loads((out / "export.json").read_text())
+    assert saved["onnx"] == "scorer.onnx" and saved["detector"] == op["detector"] == "fusion (val-weighted rank)"
 
 
 @pytest.mark.slow
@@ -96,21 +97,24 @@ def test_model_card_records_provenance_metrics_and_limits(run_dir):
     assert "not a medical device" in card and "0.51 / 0.97 / 0.67" in card and "0.50 / 1.00 / 0.67" in card
     embedded = card.split("```yaml\n")[1].split("```")[0]
     assert yaml.safe_load(embedded) == cfg
-    # without validation scores, the per-epoch log of the selected epoch is shown and labelled as such
-    assert "| val | eGAN | logit < 0 (training log) |" in card
+    # the validation row is the deployed detector's, on the validation images that set its threshold
+    z = np.load(run_dir / "deploy" / "scores_val.npz")
+    m = metrics.binary_metrics(z["y"], z["s"], op["threshold"])
+    val_line = next(line for line in card.splitlines() if line.startswith(f"| val | {op['detector']} |"))
+    assert f"| {m['recall']:.3f} [" in val_line and f"| {m['specificity']:.3f} [" in val_line
+    assert f"set on {int(z['y'].sum())} validation positives" in card and op["protocol"] == "realistic"
     assert "| test | eGAN | sensitivity 0.90 on val |" in card
 
 
 def test_model_card_validation_metrics_at_operating_point(run_dir):
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(12), np.zeros(12)].astype(int)
-    logit = rng.normal(size=24) - y  # minority gets lower logits
-    card = Path(model_card.write_model_card(str(run_dir), val_scores=(y, logit))).read_text()
-    thr = json.loads((run_dir / "operating_point.json").read_text())["threshold"]
-    m = metrics.binary_metrics(y, -logit, thr)
-    val_line = next(line for line in card.splitlines() if line.startswith("| val | eGAN |"))
+    score = rng.normal(size=24) + y  # minority scores higher
+    card = Path(model_card.write_model_card(str(run_dir), val_scores=(y, score))).read_text()
+    op = json.loads((run_dir / "operating_point.json").read_text())
+    m = metrics.binary_metrics(y, score, op["threshold"])
+    val_line = next(line for line in card.splitlines() if line.startswith(f"| val | {op['detector']} |"))
     assert f"| {m['recall']:.3f} [" in val_line and f"| {m['auroc']:.3f} [" in val_line
-    assert "training log" not in val_line
 
 
 def test_model_card_without_cohort_or_evaluation(run_dir, tmp_path):

@@ -41,5 +41,5 @@ def test_registry_directions_and_labels():
     assert names == list(metrics.METRIC_NAMES) and len(set(names)) == len(names)
     assert all(m.higher_is_better for m in metrics.METRICS)  # every current metric: higher is better
     assert [h for _, h in report._md_metrics()] == ["Precision", "Recall", "Specificity", "F1", "AUROC", "AUPRC",
-                                                    "Sens@{spec}%Spec"]
+                                                    "Sens@{spec}%Spec (test ROC)"]
     assert pd.Series(names).isin(["precision", "auroc"]).sum() == 2

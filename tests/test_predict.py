@@ -49,22 +49,29 @@ def _threshold(run: Path) -> float:
     return json.loads((run / "operating_point.json").read_text())["threshold"]
 
 
-def test_manifest_scores_equal_evaluation_scores(trained_run, tmp_path):
+def test_manifest_scores_equal_the_reports_deployed_scores(trained_run, tmp_path):
+    """predict on the test split reproduces the report's realistic-protocol row of the deployed detector."""
     cohort = yaml.safe_load((trained_run / "config.yaml").read_text())["data"]["cohort"]
     out = tmp_path / "test.csv"
     assert predict.main(["--run", str(trained_run), "--input", cohort, "--split", "test", "--out", str(out),
                          "--batch-size", "5"]) == 0
     got = pd.read_csv(out, keep_default_na=False)
-    ref = np.load(trained_run / "scores_test.npz")
-    assert list(got.columns) == ["path", "split", "minority", "score", "logit", "decision", "threshold", "error"]
-    assert len(got) == len(ref["logit"]) == 24 and (got["split"] == "test").all()
+    ref = np.load(trained_run / "deploy" / "scores_test.npz")
+    assert list(got.columns) == ["path", "split", "minority", "score", "decision", "threshold", "error"]
+    assert len(got) == len(ref["s"]) == 24 and (got["split"] == "test").all()
     np.testing.assert_array_equal(got["minority"], ref["y"])
-    np.testing.assert_allclose(got["logit"], ref["logit"], atol=1e-4, rtol=0)
-    np.testing.assert_allclose(got["score"], -got["logit"])
-    thr = _threshold(trained_run)
+    np.testing.assert_allclose(got["score"], ref["s"], atol=1e-5, rtol=0)
+    op = json.loads((trained_run / "operating_point.json").read_text())
+    thr = op["threshold"]
     assert np.allclose(got["threshold"], thr)
-    np.testing.assert_array_equal(got["decision"], np.where(got["score"] > thr, "minority", "majority"))
+    np.testing.assert_array_equal(got["decision"], np.where(ref["s"] > thr, "minority", "majority"))
     assert (got["error"] == "").all()
+    # ... and those are the report's deployed row: its threshold, and its confusion counts from these decisions
+    report = json.loads((trained_run / "report.json").read_text())
+    row = next(r for r in report["protocol_rows"] if r["model"] == op["detector"] and r["protocol"] == op["protocol"])
+    assert op["protocol"] == "realistic" and row["threshold"] == thr
+    pred = got["decision"] == "minority"
+    assert row["tp"] == int((pred & (got["minority"] == 1)).sum()) and row["fp"] == int((pred & (got["minority"] == 0)).sum())
 
 
 @pytest.fixture
@@ -87,7 +94,7 @@ def test_folder_scores_readable_images_and_lists_the_rest(scorer, image_folder):
     net, cfg, op = scorer
     got = predict.predict(net, cfg, op["threshold"], predict.list_inputs(str(image_folder)), batch_size=4,
                           progress=False)
-    assert list(got.columns) == ["path", "score", "logit", "decision", "threshold", "error"]
+    assert list(got.columns) == ["path", "score", "decision", "threshold", "error"]
     names = [Path(p).name for p in got["path"]]
     assert len(got) == 7 and "notes.txt" not in names and "NOSUFFIX" in names
     bad = got[got["error"] != ""]
@@ -96,11 +103,11 @@ def test_folder_scores_readable_images_and_lists_the_rest(scorer, image_folder):
     assert "0 bytes" in bad[bad["path"].str.endswith("empty.png")]["error"].iloc[0]
     good = got[got["error"] == ""]
     assert len(good) == 5 and set(good["decision"]) <= {"minority", "majority"}
-    assert np.isfinite(good["logit"]).all()
+    assert np.isfinite(good["score"]).all()
     # the suffix-less copy of a DICOM scores like the original
     dcm = sorted((image_folder / "sub").glob("*.dcm"))[0]
-    assert good.set_index("path").loc[str(image_folder / "sub" / "deeper" / "NOSUFFIX"), "logit"] == \
-        pytest.approx(good.set_index("path").loc[str(dcm), "logit"], abs=1e-5)
+    assert good.set_index("path").loc[str(image_folder / "sub" / "deeper" / "NOSUFFIX"), "score"] == \
+        pytest.approx(good.set_index("path").loc[str(dcm), "score"], abs=1e-5)
 
 
 def test_chexpert_csv_paths_from_grandparent_or_root(scorer, data_root, tmp_path):
@@ -123,7 +130,7 @@ def test_chexpert_csv_paths_from_grandparent_or_root(scorer, data_root, tmp_path
     got2 = predict.predict(net, cfg, op["threshold"], predict.list_inputs(str(other), root=str(data_root)),
                            progress=False)
     assert (got2["error"] == "").all() and len(got2) == 2
-    assert got2["logit"].iloc[0] == pytest.approx(got["logit"].iloc[0], abs=1e-5)  # same file, same score
+    assert got2["score"].iloc[0] == pytest.approx(got["score"].iloc[0], abs=1e-5)  # same file, same score
 
 
 def _bad_runs(trained_run: Path, tmp: Path) -> dict[str, Path]:
@@ -138,7 +145,7 @@ def _bad_runs(trained_run: Path, tmp: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("case,message", [
     ("missing_run", "run directory not found"), ("missing_input", "input not found"),
-    ("no_ckpt", "no usable checkpoint"), ("no_op", "operating_point.json"),
+    ("no_ckpt", "deploy/scorer.pt is missing"), ("no_op", "operating_point.json"),
     ("csv_without_path", "no 'Path' column"), ("split_on_folder", "--split only applies"),
     ("empty_folder", "no images found"), ("bad_batch", "--batch-size"),
 ])

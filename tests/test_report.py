@@ -68,7 +68,7 @@ def test_write_report_files(tmp_path):
     assert md.startswith("# CheXpert pneumonia 1:36")
     header = "| Model | #train minor | #train major | #test minor | #test major | ratio | " \
              "operating point | " \
-             "Precision | Recall | Specificity | F1 | AUROC | AUPRC | Sens@90%Spec |"
+             "Precision | Recall | Specificity | F1 | AUROC | AUPRC | Sens@90%Spec (test ROC) |"
     assert header in md
     lo, hi = ci["f1"]
     assert f"{row['f1']:.2f} [{lo:.2f}, {hi:.2f}]" in md

@@ -43,13 +43,13 @@ class PatchMemory(nn.Module):
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """[B, P, C] patch features of [0, 1] images ``x``: stride-8 and stride-16 maps, 3x3 pooled."""
         h = self.net.normalize(x)
-        size = x.shape[-1]
+        size = int(x.shape[-1])  # a constant when traced: the layer choice is fixed at export
         last: dict[int, torch.Tensor] = {}
         for unit in self.units:
             h = unit(h)
             if not isinstance(h, torch.Tensor):  # DenseNet's bottleneck pairs: not a feature map
                 continue
-            stride = max(1, round(size / h.shape[-1]))
+            stride = max(1, round(size / int(h.shape[-1])))
             last[stride] = h
             if stride > 16:
                 break
