@@ -155,7 +155,8 @@ def test_budget_page_puts_both_protocols_side_by_side_and_checks_the_goal(tmp_pa
     (run / "report.json").write_text(json.dumps({"rows": [], "protocol_rows": p_rows}))
     assert budget_page.main(["--runs", str(tmp_path / "runs"), "--grid", str(grid), "--out", str(tmp_path)]) == 0
     md = (tmp_path / "RESULTS_BUDGET.md").read_text()
-    assert "| CIFAR-10 1:500 | supervised baseline | 1 | 5 / 100 | 0.840 [0.81, 0.87] | 0.850 [0.82, 0.88] |" in md
+    assert ("| CIFAR-10 1:500 | supervised baseline | 1 | 5 / 100 | 0.500 | 0.900 | 0.840 [0.81, 0.87] | "
+            "0.850 [0.82, 0.88] |") in md
     assert "| CIFAR-10 1:500 | fold0-seed0 | 0.890 [0.86, 0.92] | supervised baseline (0.840 [0.81, 0.87]) | yes | +0.050 |" in md
 
 

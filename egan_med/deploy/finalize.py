@@ -84,7 +84,7 @@ def load_checkpoint_scorer(run_dir: str, which: str = "best") -> tuple[torch.nn.
     return net.eval(), cfg, state
 
 
-def _loader(cfg: Config, splits: CohortSplits, df: pd.DataFrame):
+def split_loader(cfg: Config, splits: CohortSplits, df: pd.DataFrame):
     from egan_med import data as dl
 
     return dl.make_loader(dl.make_dataset(df, splits.root, cfg.data, train=False), 256, shuffle=False,
@@ -122,10 +122,10 @@ def deploy(run_dir: str, cfg: Config, splits: CohortSplits, section: BudgetSecti
     label, proto = deploy_label(cfg), section.deploy_protocol
     mask = section.masks[proto]
     val_kept = splits.val.reset_index(drop=True)[mask]
-    val_loader = _loader(cfg, splits, val_kept)
+    val_loader = split_loader(cfg, splits, val_kept)
     scorer, spec, chosen = deployed_scorer(run_dir, section, label, val_loader, dev)
     y_val, s_val = score_images(scorer, val_loader, dev)
-    y_test, s_test = score_images(scorer, _loader(cfg, splits, splits.test), dev)
+    y_test, s_test = score_images(scorer, split_loader(cfg, splits, splits.test), dev)
     if not (np.array_equal(y_val, section.y_val[mask]) and np.array_equal(y_test, section.y_test)):
         raise RuntimeError("the deployed scorer saw the splits in another order than the report")
     rule = "specificity" if cfg.eval.operating_point == "logit0" else cfg.eval.operating_point
@@ -214,9 +214,9 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
     counts = splits.counts()
     if split == "val":
         counts.update(test_minority=splits.sizes()["val"][0], test_majority=splits.sizes()["val"][1])
-    y_val, logit_val, _ = score_loader(net, _loader(cfg, splits, splits.val), dev, progress="scoring val")
+    y_val, logit_val, _ = score_loader(net, split_loader(cfg, splits, splits.val), dev, progress="scoring val")
     y_rep, logit_rep, _ = (y_val, logit_val, None) if split == "val" else score_loader(
-        net, _loader(cfg, splits, getattr(splits, split)), dev, progress=f"scoring {split}")
+        net, split_loader(cfg, splits, getattr(splits, split)), dev, progress=f"scoring {split}")
     rule, target = _operating_point(cfg, sensitivity, specificity, threshold)
     thr = threshold if rule == "fixed" else thresholds.operating_threshold(rule, y_val, -logit_val, target)
     label = KIND_LABELS[cfg.model.kind]
