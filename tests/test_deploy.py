@@ -199,3 +199,19 @@ def test_leakage_warning_covers_one_class_runs_and_state_dict_weights(tmp_path):
     assert "unknown pretraining" in warning and str(weights) in warning
     knn.model.weights = "imagenet"
     assert run_leak_warning(knn, {"source": "chexpert"}) == ""
+
+
+def test_best_checkpoint_is_the_validation_choice(full_run):
+    """best.pt (the checkpoint rows) is the epoch eval.select picks on validation, never the test split's choice."""
+    import pandas as pd
+
+    from egan_med.engine.checkpoint import load_checkpoint
+    from egan_med.evaluation import selection
+
+    for where in (full_run, full_run / "baseline"):
+        cfg = config_from_dict(read_yaml(str(where / "config.yaml")))
+        history = pd.read_csv(where / "metrics.csv")
+        want = selection.select_epoch(history, cfg.eval.select, cfg.eval.nash_threshold).epoch
+        best = history.loc[history["val_auroc"].idxmax(), "epoch"]  # eval.select = val_auroc, recomputed by hand
+        assert cfg.eval.select == "val_auroc" and want == best
+        assert int(load_checkpoint(str(where / "checkpoints" / "best.pt"))["epoch"]) == want
