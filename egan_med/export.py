@@ -98,7 +98,11 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
     example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     ts_path, onnx_path = os.path.join(out_dir, "scorer.ts.pt"), os.path.join(out_dir, "scorer.onnx")
     with _quiet_export(), torch.no_grad(), atomic_path(ts_path) as ts_tmp, atomic_path(onnx_path) as onnx_tmp:
-        torch.jit.trace(net, example).save(ts_tmp)
+        try:
+            torch.jit.trace(net, example).save(ts_tmp)
+        except Exception as exc:  # a component TorchScript cannot trace: say which detector, in one line
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"TorchScript cannot hold the deployed detector {op.get('detector')!r}: {first}") from None
         # The dynamo exporter (torch's default since 2.9) needs onnxscript, which is not a dependency here;
         # the legacy TorchScript-based exporter handles this network with the batch axis left dynamic.
         try:

@@ -63,8 +63,9 @@ def _settings(df: pd.DataFrame) -> list[str]:
 def issue5_table(t: pd.DataFrame) -> str:
     """Pretrained vs untrained: every row of the paper-eGAN and no-pretraining experiments."""
     rows = _order(t[(t.variant == "paper eGAN") | _untrained(t)])
-    cols = [("AUROC", "auroc"), ("sens@90% spec", "sens_at_spec"), ("precision", "precision"), ("recall", "recall"),
-            ("F1", "f1"), ("paper P", "paper_precision"), ("paper R", "paper_recall"), ("paper F1", "paper_f1")]
+    cols = [("recall", "recall"), ("specificity", "specificity"), ("precision", "precision"), ("F1", "f1"),
+            ("AUROC", "auroc"), ("sens@90% spec (test ROC)", "sens_at_spec"),
+            ("paper P", "paper_precision"), ("paper R", "paper_recall"), ("paper F1", "paper_f1")]
     return _table(rows, cols, lambda r: f"{r.model}{f' ({r.variant})' if r.variant.startswith('no pretraining') else ''}")
 
 
@@ -72,7 +73,8 @@ def issue10_table(t: pd.DataFrame) -> str:
     """Validation-selected rows only: paper eGAN, variants, baseline, kNN, trivial."""
     rows = _order(t[~t.model.str.contains("optimistic") & ~_untrained(t)])
     rows = rows[(rows.variant == "paper eGAN") | rows.model.isin(["eGAN", "supervised baseline", "kNN one-class"])]
-    cols = [("AUROC [95% CI]", "auroc"), ("sens@90% spec", "sens_at_spec"), ("AUPRC", "auprc")]
+    cols = [("recall", "recall"), ("specificity", "specificity"), ("precision", "precision"),
+            ("AUROC [95% CI]", "auroc"), ("sens@90% spec (test ROC)", "sens_at_spec"), ("AUPRC", "auprc")]
     return _table(rows, cols, lambda r: r.model if r.variant in ("paper eGAN",) else
                   (f"eGAN, {r.variant}" if r.model == "eGAN" else f"{r.model} ({r.variant})"))
 

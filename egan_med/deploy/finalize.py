@@ -255,6 +255,11 @@ def finalize_run(run_dir: str, split: str = "test", sensitivity: float | None = 
         print(f"warning: {leak}", file=sys.stderr)
     section = budget_section(cfg, run_dir, splits, dev) if default and _is_parent(run_dir) else None
     op = deploy(run_dir, cfg, splits, section, dev) if section is not None else None
+    knn = KIND_LABELS["knn"]
+    if section is not None and knn in section.detectors and cfg.model.kind == "egan":
+        # The checkpoint table's kNN row, as before budgets: selected on every validation positive (generous).
+        generous = next(r for r in section.rows if r["protocol"] == bud.GENEROUS and r["model"] == knn)
+        rows.insert(len(rows) - 2, {k: v for k, v in generous.items() if k not in ("protocol", "val_minority_used", "epoch")})
     report.write_report(out_dir, rows, f"{cfg.name}: {label} on {os.path.basename(os.path.dirname(cfg.data.cohort))}",
                         notes, split, warnings=[leak] if leak else [], header=section.header if section else [],
                         protocol_rows=section.rows if section else [], deployed=_public(op),
