@@ -6,7 +6,6 @@ only as a row labelled "optimistic (paper protocol)".
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from egan_med.cli import ArgumentParser, boundary
 from egan_med.evaluation import metrics, model_card, plots, report, selection, thresholds
 from egan_med.engine.checkpoint import CheckpointError, load_checkpoint
 from egan_med.config import KIND_LABELS, Config, ConfigError, config_from_dict, read_yaml
@@ -244,8 +244,9 @@ def _log_hparams(run_dir: str, cfg: Config, row: dict) -> None:
         w.add_hparams(hp, final, run_name="hparams")
 
 
+@boundary("evaluating")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egan_med.evaluate", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m egan_med.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--split", choices=("val", "test"), default="test")
     g = p.add_mutually_exclusive_group()

@@ -7,7 +7,6 @@ Unreadable images are listed with their reason and an empty decision; they do no
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ import torch
 from pydicom.misc import is_dicom
 from tqdm import tqdm
 
+from egan_med.cli import ArgumentParser, boundary
 from egan_med.config import Config
 from egan_med.image_formats import IMAGE_SUFFIXES  # the reader's list, shared with cohort building
 from egan_med.engine.rundir import write_table_atomic
@@ -239,8 +239,9 @@ def predict(net: torch.nn.Module, cfg: Config, threshold: float, inputs: pd.Data
     return out
 
 
+@boundary("predicting")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egan_med.predict", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m egan_med.predict", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="run directory written by egan_med.train")
     p.add_argument("--input", required=True, help="image folder, CheXpert-style CSV or cohort manifest")
     p.add_argument("--out", required=True, help="output CSV")

@@ -7,7 +7,6 @@ Multi-GPU: ``torchrun --nproc_per_node N -m egan_med.train CONFIG`` (DDP; rank 0
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
@@ -21,6 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from egan_med.cli import ArgumentParser, boundary
 from egan_med.config import Config, ConfigError, load_config
 from egan_med.engine.checkpoint import load_checkpoint, save_checkpoint
 from egan_med.engine.steps import STEPS, StepBatch, StepNets
@@ -328,8 +328,9 @@ def dry_run(cfg: Config) -> None:
     _print_summary(cfg, splits, nets)
 
 
+@boundary("training")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egan_med.train", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m egan_med.train", description=__doc__.splitlines()[0])
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=3")
     p.add_argument("--out", help="run directory (default runs/<config name>)")

@@ -206,7 +206,10 @@ def write_atomic(out: str, files: dict[str, str], overwrite: bool) -> None:
         raise CohortError(f"{out} exists; pass --overwrite to replace it")
     if exists and not os.path.isdir(out):
         raise CohortError(f"{out} exists and is not a folder")
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=out if exists else parent)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=out if exists else parent)
+    except OSError as exc:  # name the folder asked for, not the temporary one beside it
+        raise type(exc)(exc.errno, exc.strerror, out) from None
     try:
         for name, text in files.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8", newline="") as f:
@@ -267,6 +270,17 @@ def _summary(t, o: CohortOptions, split: np.ndarray, fold: np.ndarray, out: str)
             "notes": t.notes}, excluded
 
 
+def _check_writable(out: str) -> None:
+    """Refuse, before any work, an output folder under a file or in a folder this user cannot write."""
+    parent = os.path.dirname(out)
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CohortError(f"cannot create cohort folder {out}: {parent} is a file; move it away or choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CohortError(f"cannot write to {parent} (for cohort folder {out}): permission denied; choose another --out")
+
+
 def build(o: CohortOptions, out: str, overwrite: bool = False) -> dict:
     """Read the source, split and sample it, check for leakage and write the cohort folder atomically.
 
@@ -282,6 +296,7 @@ def build(o: CohortOptions, out: str, overwrite: bool = False) -> dict:
     out = os.path.abspath(out)
     if os.path.exists(out) and not overwrite:
         raise CohortError(f"{out} exists; pass --overwrite to replace it")
+    _check_writable(out)  # before reading a large label table
     t = read_source(o)
     if not t.plain:
         check_paths_inside(t.path, t.root)

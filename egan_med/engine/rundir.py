@@ -183,6 +183,10 @@ def check_run_dir(run_dir: str, cfg: Config, resume: bool | None, force: bool) -
             raise RunDirError(f"{run_dir} is not empty and is not an egan_med run; use --out NEW_DIR, or --force to "
                               f"train into it ({force_says})")
         wipe = True
+    for sub in RUN_SUBDIRS:  # a file where egan_med keeps a folder would stop the run after it started
+        if os.path.lexists(os.path.join(run_dir, sub)) and not os.path.isdir(os.path.join(run_dir, sub)):
+            raise RunDirError(f"{os.path.join(run_dir, sub)} is a file, where egan_med keeps its {sub}/ folder; move "
+                              "it away or use --out NEW_DIR")
     has_ckpt = any(os.path.exists(os.path.join(run_dir, "checkpoints", f)) for f in ("last.pt", "last.pt.prev"))
     if resume and (wipe or not has_ckpt):
         raise RunDirError(f"--resume: {run_dir} has no checkpoint of this config to resume from")
