@@ -143,6 +143,87 @@ def test_train_force_with_checkpoints_a_file(tiny_cohort, tmp_path, capsys):
     assert _tree(run) == ["checkpoints"] and (run / "checkpoints").read_text() == "my notes"
 
 
+# --- 2. every config value checked at load -----------------------------------------------------------------
+
+# One invalid value per key of the config reference (python -m egan_med.config); a new key must be added here.
+INVALID = {
+    "data.cohort": "''", "data.root": "[a]", "data.fold": "-2", "data.image_size": "30", "data.channels": "2",
+    "data.kind": "ct", "data.augment": "maybe", "data.hflip": "maybe", "data.rotate_deg": "90", "data.scale": "1",
+    "data.translate": "-0.1", "data.contrast": "1.5", "data.gamma": "-1", "data.noise_std": "-0.1",
+    "data.cache_dir": "{a: 1}", "data.num_workers": "-1", "data.on_bad_image": "ignore",
+    "model.kind": "gan", "model.encoder": "resnet18", "model.discriminator": "resnet18", "model.weights": "imagnet",
+    "model.encoder_weights": "imagnet", "model.discriminator_weights": "imagnet", "model.trainable_blocks": "-2",
+    "model.train_bn": "maybe", "model.latent_dim": "0", "model.dropout": "1", "model.spectral_norm": "maybe",
+    "model.knn_k": "0", "model.patch_memory": "0",
+    "train.epochs": "0", "train.batch_size": "0", "train.minority_cap": "0", "train.max_steps_per_epoch": "-1",
+    "train.lr_d": "0", "train.lr_g": "-1", "train.beta1": "1", "train.label_smoothing": "0.5",
+    "train.instance_noise": "-1", "train.r1_gamma": "-1", "train.recon_weight": "-1",
+    "train.semi_supervised": "maybe", "train.class_weight": "maybe", "train.seed": "-1", "train.device": "tpu",
+    "train.amp": "maybe", "train.compile": "maybe", "train.channels_last": "maybe", "train.feature_cache": "maybe",
+    "train.checkpoint_every": "0",
+    "eval.select": "loss", "eval.nash_threshold": "-1", "eval.operating_point": "youden", "eval.target": "1",
+    "eval.bootstrap": "-1", "eval.baseline": "maybe", "eval.knn": "maybe", "eval.patchcore": "maybe",
+    "eval.fusion": "maybe", "eval.val_minority_budget": "-2", "eval.budget_seed": "-2",
+}
+
+
+def test_the_invalid_table_covers_every_key():
+    keys = [row.split("`")[1] for row in reference_table().splitlines()]
+    assert sorted(keys) == sorted(INVALID)
+
+
+@pytest.mark.parametrize("key", sorted(INVALID))
+def test_every_key_refuses_an_invalid_value_at_load(key):
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/demo.yaml", [f"{key}={INVALID[key]}"])
+    assert key in str(info.value) and "\n" not in str(info.value)
+
+
+def test_budget_seed_minus_one_is_auto_and_lower_is_refused(tiny_cohort, tmp_path, capsys):
+    assert load_config("configs/demo.yaml", ["eval.budget_seed=-1"]).eval.budget_seed == -1
+    assert train_main(["configs/demo.yaml", f"data.cohort={tiny_cohort}", "eval.budget_seed=-2", "--dry-run"]) == 2
+    _one_line_error(capsys, "eval.budget_seed=-2")
+
+
+def _lite0_state() -> dict:
+    from egan_med.models.backbones import BACKBONES
+
+    return BACKBONES["efficientnet_lite0"].build()[1].state_dict()
+
+
+@pytest.mark.parametrize("content", ["bare_tensor", "wrong_shape"])
+def test_weights_that_do_not_fit_are_one_line(content, tiny_cohort, tmp_path, capsys):
+    path = tmp_path / "w.pt"
+    if content == "bare_tensor":
+        torch.save(torch.zeros(3, 3), path)
+    else:
+        state = _lite0_state()
+        key = next(k for k, v in state.items() if v.ndim == 4)
+        state[key] = torch.zeros(*state[key].shape[:-1], state[key].shape[-1] + 2)
+        torch.save(state, path)
+    out = tmp_path / "run"
+    assert train_main(["configs/demo.yaml", f"data.cohort={tiny_cohort}", *TINY, f"model.weights={path}",
+                       "--out", str(out)]) == 2
+    _one_line_error(capsys, str(path), "do not fit backbone efficientnet_lite0")
+    assert not out.exists()
+
+
+def test_budget_larger_than_what_exists_is_said():
+    from egan_med.config import budget_note
+
+    note = budget_note(100000, 389)
+    assert "100000" in note and "389" in note and "\n" not in note
+    assert budget_note(30, 389) == "" and budget_note(0, 389) == "" and budget_note(-1, 389) == ""
+
+
+def test_fusion_with_one_detector_says_why():
+    from egan_med.config import fusion_note
+
+    note = fusion_note(True, 1)
+    assert "eval.fusion" in note and "two or more" in note and "\n" not in note
+    assert fusion_note(True, 2) == "" and fusion_note(False, 1) == ""
+
+
 # --- 4. smaller ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("main, argv, needle", [

@@ -304,6 +304,16 @@ def load_weights(name: str, weights: str, holder: nn.Module) -> str:
                         "densenet121-res224-* name")
             raise WeightsError(f"cannot read weights file {weights}: {' '.join(str(exc).split())[:200]}{hint}") from None
         source = f"file {weights}"
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights {source} do not fit backbone {name}: they hold a {type(state).__name__}, not a "
+                           "state dict (a mapping of parameter names to tensors); save one with "
+                           "torch.save(net.state_dict(), path)")
+    own = holder.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise WeightsError(f"weights {source} do not fit backbone {name}: {len(wrong)} tensor(s) of another shape, "
+                           f"e.g. {k} is {list(got)}, {name} needs {list(want)}; were they saved from another backbone?")
     missing, unexpected = holder.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("classifier", "fc", "_fc"))]
     if missing or (unexpected and len(unexpected) > 2):
