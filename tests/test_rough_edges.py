@@ -224,6 +224,45 @@ def test_fusion_with_one_detector_says_why():
     assert fusion_note(True, 2) == "" and fusion_note(False, 1) == ""
 
 
+# --- 3. nothing left after a refused start -------------------------------------------------------------------
+
+def test_one_class_run_with_missing_xrv_weights_leaves_nothing(tiny_cohort, tmp_path, capsys, monkeypatch):
+    xrv = pytest.importorskip("torchxrayvision", reason="the optional extra: pip install 'egan_med[xrv]'")
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setattr(xrv.utils, "get_cache_dir", lambda: str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert train_main(["configs/demo.yaml", f"data.cohort={tiny_cohort}", "model.kind=knn",
+                       "model.discriminator=xrv_densenet121", "model.weights=densenet121-res224-nih",
+                       "--out", str(out)]) == 2
+    _one_line_error(capsys, "densenet121-res224-nih not found")
+    assert not out.exists()
+
+
+def test_a_refusal_after_the_run_directory_is_made_leaves_nothing(tiny_cohort, tmp_path, capsys, monkeypatch):
+    from egan_med.data import BadImageError
+    from egan_med.evaluation import detectors
+
+    def unreadable(*args, **kwargs):
+        raise BadImageError("x.png", "truncated")
+
+    monkeypatch.setattr(detectors, "oneclass_scores", unreadable)  # fails after fit_oneclass_run made the folder
+    out = tmp_path / "run"
+    assert train_main(["configs/demo.yaml", f"data.cohort={tiny_cohort}", "model.kind=knn", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: bad image x.png: truncated"
+    assert not out.exists()
+
+
+def test_only_an_untouched_new_run_directory_is_discarded(tmp_path):
+    cfg = load_config("configs/demo.yaml")
+    new, old = tmp_path / "new", tmp_path / "old"
+    old.mkdir()
+    (old / "thesis.txt").write_text("mine")
+    for run in (new, old):
+        rundir.create_run_dir(str(run), cfg, wipe=False)
+    assert rundir.discard_unused_run_dirs() == [str(new)]
+    assert not new.exists() and (old / "thesis.txt").read_text() == "mine"
+
+
 # --- 4. smaller ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("main, argv, needle", [

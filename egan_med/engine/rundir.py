@@ -34,6 +34,7 @@ RUN_SUBDIRS = {"checkpoints": ("*.pt", "*.pt.prev"), "tb": ("events.out.tfevents
                "epoch_scores": ("epoch_*.npz",), "oneclass": ("*.npz", "run.json"),
                "baseline": "run", "evaluations": "runs"}
 _held: dict[str, int] = {}  # realpath of a run directory -> fd of its lock file, held by this process
+_fresh: list[str] = []  # run directories this process created (they did not exist before)
 
 
 def _ours(name: str, patterns: tuple[str, ...]) -> bool:
@@ -115,10 +116,43 @@ def lock_run_dir(run_dir: str) -> None:
 
 
 def release_run_dirs() -> None:
-    """Release every run-directory lock this process holds."""
+    """Release every run-directory lock this process holds (and forget which directories it created)."""
+    _fresh.clear()
     while _held:
         _, fd = _held.popitem()
         os.close(fd)  # closing the descriptor drops the flock
+
+
+def discard_unused_run_dirs() -> list[str]:
+    """Remove the run directories this process created that still hold only the start of a run.
+
+    A run refused after its directory was made (an unreadable image, missing weights) must leave nothing behind:
+    a directory this process created and that holds nothing but ``config.yaml``, the lock and an empty
+    ``checkpoints/`` is removed. Any other file in it keeps it. Releases this process's locks.
+
+    Returns:
+        The directories removed.
+    """
+    fresh = list(_fresh)
+    release_run_dirs()
+    removed = []
+    for run_dir in reversed(fresh):  # nested ones (baseline/) first
+        try:
+            entries = set(os.listdir(run_dir))
+            if not entries <= {"config.yaml", LOCK_NAME, "checkpoints"}:
+                continue
+            ckpt = os.path.join(run_dir, "checkpoints")
+            if "checkpoints" in entries and (not os.path.isdir(ckpt) or os.listdir(ckpt)):
+                continue
+            for name in entries - {"checkpoints"}:
+                os.remove(os.path.join(run_dir, name))
+            for folder in (ckpt, run_dir):
+                if os.path.isdir(folder):
+                    os.rmdir(folder)
+            removed.append(run_dir)
+        except OSError:
+            continue  # a user's file appeared, or the folder is gone: leave it as it is
+    return removed
 
 
 def _check_not_locked(run_dir: str) -> None:
@@ -204,10 +238,13 @@ def create_run_dir(run_dir: str, cfg: Config, wipe: bool) -> None:
     Raises:
         RunDirError: the folder cannot be created, or another training holds it.
     """
+    fresh = not os.path.exists(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    if fresh:
+        _fresh.append(run_dir)
     lock_run_dir(run_dir)  # before touching anything inside: a concurrent training must not interleave
     if wipe:
         remove_run_files(run_dir)

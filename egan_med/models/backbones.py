@@ -321,6 +321,17 @@ def load_weights(name: str, weights: str, holder: nn.Module) -> str:
     return source
 
 
+def check_weights(name: str, weights: str) -> None:
+    """Build backbone ``name`` and load ``weights`` into it, keeping nothing: a check that can refuse a run before
+    its run directory is made (one-class runs build their networks only after).
+
+    Raises:
+        WeightsError: the weights are missing, unreadable, or do not fit the backbone.
+    """
+    if weights != "none":
+        load_weights(name, weights, BACKBONES[name].build()[1])
+
+
 class Backbone(nn.Module):
     """A backbone split into a frozen trunk and a trainable top.
 
