@@ -276,3 +276,21 @@ def test_argparse_errors_are_one_line_with_a_pointer_to_help(main, argv, needle,
     assert info.value.code == 2
     line = _one_line_error(capsys, needle, "--help)")
     assert "usage:" not in line
+
+
+def test_restricted_loading_prints_only_the_refusal(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    with open(tmp_path / "checkpoints" / "best.pt", "wb") as fh:
+        pickle.dump({"config": {}, "models": {}}, fh, protocol=5)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert evaluate.main([str(tmp_path)]) == 2
+    assert [str(w.message)[:80] for w in seen] == []
+    _one_line_error(capsys, "best.pt", "refused by restricted loading")
+
+
+def test_run_directory_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "README.md").write_text("# notes")
+    assert evaluate.main([str(tmp_path / "README.md")]) == 2
+    _one_line_error(capsys, "is a file, not a run directory")
+    assert _tree(tmp_path) == ["README.md"]

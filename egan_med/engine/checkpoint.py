@@ -6,13 +6,14 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no p
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from egan_med.io import atomic_path
+from egan_med.io import atomic_path, load_restricted
 
 
 class CheckpointError(RuntimeError):
@@ -55,15 +56,22 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     Raises:
         CheckpointError: neither file is a readable checkpoint.
     """
+    run_dir = os.path.dirname(os.path.dirname(path))  # RUN_DIR/checkpoints/NAME.pt
+    if os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.isfile(run_dir):
+        raise CheckpointError(f"{run_dir} is a file, not a run directory; give the folder egan_med.train wrote")
     errors = []
     for candidate in (path, f"{path}.prev"):
         if not os.path.exists(candidate):
             errors.append(f"{candidate}: missing")
             continue
         try:
-            state = torch.load(candidate, map_location="cpu", weights_only=True)
+            state = load_restricted(candidate)
             if not isinstance(state, dict) or "config" not in state:
                 raise ValueError("not an egan_med checkpoint")
+        except pickle.UnpicklingError:  # restricted loading refused a pickled object (or an odd protocol)
+            errors.append(f"{candidate}: refused by restricted loading (not a plain torch.save file of tensors "
+                          "and data)")
+            continue
         except Exception as exc:  # truncated zip, bad pickle, wrong content: all mean "unusable"
             errors.append(f"{candidate}: damaged ({type(exc).__name__}: {str(exc)[:80]})")
             continue

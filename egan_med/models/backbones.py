@@ -34,6 +34,7 @@ import torch
 import torchvision
 from torch import nn
 
+from egan_med.io import load_restricted
 from egan_med.xrv import XRV_WEIGHTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -295,7 +296,7 @@ def load_weights(name: str, weights: str, holder: nn.Module) -> str:
         if not os.path.isfile(weights):
             raise WeightsError(f"model weights file not found: {weights}")
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = load_restricted(weights)
         except Exception as exc:
             hint = ""
             if name == "xrv_densenet121":  # its release files are pickled whole models, not state dicts
