@@ -46,7 +46,7 @@ def os_error_message(exc: OSError, doing: str) -> str:
     """
     path = exc.filename if exc.filename is not None else (exc.filename2 or "")
     path = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
-    reason = exc.strerror or type(exc).__name__
+    reason = exc.strerror or " ".join(str(exc).split())[:200] or type(exc).__name__
     code = exc.errno
     if code in (errno.EEXIST, errno.ENOTDIR) and path and _in_the_way(path):
         blocker = _in_the_way(path)
