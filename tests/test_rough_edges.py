@@ -294,3 +294,67 @@ def test_run_directory_that_is_a_file(tmp_path, capsys):
     assert evaluate.main([str(tmp_path / "README.md")]) == 2
     _one_line_error(capsys, "is a file, not a run directory")
     assert _tree(tmp_path) == ["README.md"]
+
+
+# --- build_cohort: listed files that are missing or not images ----------------------------------------------
+
+def _generic_table(tmp_path: Path, data_root: Path, n: int = 18) -> list[str]:
+    """Rows path,label,patient over real radiographs copied into tmp_path/imgs (every third one pneumonia)."""
+    import shutil
+
+    src = sorted((data_root / "cxr_covid_ccby" / "train").rglob("*.jpg"))[:n]
+    (tmp_path / "imgs").mkdir()
+    rows = ["path,label,patient"]
+    for i, f in enumerate(src):
+        shutil.copy(f, tmp_path / "imgs" / f"{i:02d}.jpg")
+        rows.append(f"imgs/{i:02d}.jpg,{'pneumonia' if i % 3 == 0 else 'normal'},p{i}")
+    return rows
+
+
+GENERIC = ["--minority", "pneumonia", "--val-frac", "0.3", "--test-frac", "0.3"]
+
+
+def test_build_cohort_excludes_missing_and_undecodable_files_with_their_reason(tmp_path, data_root, capsys):
+    import pandas as pd
+
+    rows = _generic_table(tmp_path, data_root)
+    (tmp_path / "imgs" / "notes.png").write_text("not an image")
+    rows += ["~/x.jpg,normal,p90", "imgs/notes.png,pneumonia,p91"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "cohort"
+    assert build_cohort.main(["--generic", str(tmp_path / "labels.csv"), *GENERIC, "--root", str(tmp_path),
+                              "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "missing_file 1" in printed and "unreadable 1" in printed, printed
+    excluded = pd.read_csv(out / "excluded.csv").set_index("path")["reason"].to_dict()
+    assert excluded["~/x.jpg"] == "missing_file" and excluded["imgs/notes.png"] == "unreadable"
+    manifest = pd.read_csv(out / "cohort.csv")
+    assert len(manifest) == 18 and not {"~/x.jpg", "imgs/notes.png"} & set(manifest["path"])
+
+
+def test_build_cohort_refuses_text_files_as_the_whole_minority_class(tmp_path, data_root, capsys):
+    import shutil
+
+    for cls in ("normal", "pneumonia"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+    for i, f in enumerate(sorted((data_root / "cxr_covid_ccby" / "train").rglob("*.jpg"))[:12]):
+        shutil.copy(f, tmp_path / "data" / "normal" / f"{i:02d}.jpg")
+    for i in range(6):
+        (tmp_path / "data" / "pneumonia" / f"{i}.png").write_text(f"text file {i}")
+    out = tmp_path / "cohort"
+    assert build_cohort.main(["--folder", str(tmp_path / "data"), "--minority", "pneumonia", "--out", str(out)]) == 2
+    _one_line_error(capsys, "no minority image is readable", "all 6 are files that are not images")
+    assert not out.exists()
+
+
+def test_a_label_table_without_its_images_still_builds(tmp_path, data_root, capsys):
+    rows = _generic_table(tmp_path, data_root)
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    import shutil
+
+    shutil.rmtree(tmp_path / "imgs")  # the images are not copied yet
+    out = tmp_path / "cohort"
+    assert build_cohort.main(["--generic", str(tmp_path / "labels.csv"), *GENERIC, "--root", str(tmp_path),
+                              "--out", str(out)]) == 0
+    assert "were not checked" in capsys.readouterr().out
+    assert (out / "cohort.csv").read_text().count("\n") == 19

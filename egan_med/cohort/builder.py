@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ import pandas as pd
 from egan_med.cohort.options import (SPLITS, CohortError, CohortOptions, check_paths_inside,  # noqa: F401 - re-exported
                                      check_real_paths, stage)
 from egan_med.cohort.sources import read_source
+from egan_med.image_formats import DICOM_SUFFIXES
 
 MANIFEST_COLUMNS = ["path", "minority", "split", "fold", "patient", "study"]
 FORMAT = "egan_med.cohort/1"
@@ -29,7 +31,107 @@ REASONS = {
     "other_class": "class is neither --minority nor --majority",
     "no_label": "blank or missing-like label (NaN, N/A, null, none, ...)",
     "not_image": "file is not an image", "not_sampled": "in the pool but not drawn by the requested sizes/ratio/folds",
+    "missing_file": "image file not found under the data root",
+    "unreadable": "file header is not a readable image (Pillow or DICOM)",
 }
+ENTRY_SOURCES = ("medmnist", "cifar10", "cifar100")  # images are entries of one file, not files of their own
+
+
+def _header_problem(path: str) -> str:
+    """"" when ``path``'s header decodes as an image egan_med reads, else the reason (no pixels are decoded)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+        if not head:
+            return "unreadable"
+        if path.lower().endswith(DICOM_SUFFIXES) or head[128:132] == b"DICM":
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return "" if "Rows" in ds and "Columns" in ds else "unreadable"
+        from PIL import Image
+
+        with Image.open(path) as im:  # reads the header only
+            return "" if im.size[0] > 0 and im.size[1] > 0 else "unreadable"
+    except Exception:  # Pillow and pydicom each raise their own types for a file that is not theirs
+        return "unreadable"
+
+
+def _drop(t, drop: np.ndarray, reason: str) -> None:
+    """Move the units in ``drop`` from the table to its excluded rows under ``reason``."""
+    t.excluded.append((t.path[drop], reason))
+    for name in ("patient_code", "study_code"):
+        if getattr(t, name) is not None:
+            setattr(t, name, getattr(t, name)[~drop])
+    t.keep(~drop)
+
+
+def _refuse_if_a_class_is_lost(t, drop: np.ndarray, why: str) -> None:
+    mino = t.minority.astype(bool)
+    for cls, members in (("minority", mino), ("majority", ~mino)):
+        if members.any() and not (members & ~drop).any():
+            raise CohortError(f"no {cls} image is readable: all {int(members.sum())} are {why}, "
+                              f"e.g. {t.path[members][0]!r}")
+
+
+def check_image_files(t) -> bool:
+    """Exclude rows whose image file is missing (reason ``missing_file``).
+
+    A label table whose images are not there at all (no top-level folder of its paths exists under the root) is
+    left as it is, with a note: cohorts may be built before the images are copied, and training reads them
+    anyway. Once any listed folder exists, every listed file must: costs one stat per row.
+
+    Args:
+        t: the SourceTable (filtered in place, with a note when anything is excluded).
+
+    Returns:
+        Whether the images are there (then ``check_image_headers`` reads the drawn ones).
+    """
+    if t.source in ENTRY_SOURCES or not len(t.path):
+        return False
+    paths = t.path.tolist()
+    tops = {p.replace("\\", "/").partition("/")[0] for p in paths} if all("/" in p for p in paths) else {""}
+    there = any(os.path.lexists(os.path.join(t.root, top)) for top in tops) if tops != {""} else True
+    exists = np.fromiter(map(os.path.isfile, (os.path.join(t.root, p) for p in paths)), bool, len(paths)) \
+        if there else np.zeros(len(paths), bool)
+    if not exists.any():
+        t.notes.append(f"none of the {len(paths):,} listed image files is under the root {t.root}; they were not "
+                       "checked (the cohort is built from the label table alone)")
+        return False
+    if not exists.all():
+        _refuse_if_a_class_is_lost(t, ~exists, "missing")
+        t.notes.append(f"{int((~exists).sum()):,} listed image file(s) are missing under {t.root}; excluded "
+                       f"(missing_file), e.g. {t.path[~exists][0]!r}")
+        _drop(t, ~exists, "missing_file")
+    return True
+
+
+def check_image_headers(t, drawn: np.ndarray, verdict: dict[str, str]) -> bool:
+    """Read the header of every drawn image not read yet; exclude the ones that are not images (``unreadable``).
+
+    Only drawn units are read (a cohort draws a few thousand of a 172k-row table), and no pixel is decoded.
+
+    Args:
+        t: the SourceTable, after ``check_image_files``.
+        drawn: the units the sampling put into a split.
+        verdict: path -> problem ("" = fine) of the files read so far, updated.
+
+    Returns:
+        True when units were excluded (the sampling must be drawn again), else False.
+    """
+    todo = [p for p in t.path[drawn].tolist() if p not in verdict]
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:  # the time is disk waits
+            found = pool.map(_header_problem, [os.path.join(t.root, p) for p in todo], chunksize=64)
+            verdict.update(zip(todo, found))
+    bad = np.fromiter((bool(verdict.get(p)) for p in t.path.tolist()), bool, len(t.path))
+    if not bad.any():
+        return False
+    _refuse_if_a_class_is_lost(t, bad, "files that are not images")
+    t.notes.append(f"{int(bad.sum()):,} drawn file(s) are not readable images; excluded (unreadable) and the "
+                   f"cohort drawn again, e.g. {t.path[bad][0]!r}")
+    _drop(t, bad, "unreadable")
+    return True
 
 
 def _group_codes(patient: np.ndarray, study: np.ndarray) -> np.ndarray:
@@ -300,8 +402,11 @@ def build(o: CohortOptions, out: str, overwrite: bool = False) -> dict:
     t = read_source(o)
     if not t.plain:
         check_paths_inside(t.path, t.root)
-    check_real_paths(t.path, t.root, entries=t.source in ("medmnist", "cifar10", "cifar100"))
+    check_real_paths(t.path, t.root, entries=t.source in ENTRY_SOURCES)
+    images_there, verdict = check_image_files(t), {}
     split, fold = assign(t, o, np.random.default_rng(o.seed))
+    while images_there and check_image_headers(t, split >= 0, verdict):
+        split, fold = assign(t, o, np.random.default_rng(o.seed))  # the same draw rules, without those files
     rows = np.concatenate([np.flatnonzero(split == i) for i in range(len(SPLITS))])
     codes = {k: None if c is None else c[rows] for k, c in (("patient", t.patient_code), ("study", t.study_code))}
     check_no_leak(split[rows], t.patient[rows], t.study[rows], codes)  # readers guarantee unique paths
