@@ -85,7 +85,8 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
     from egan_med.models import WeightsError
 
     if not os.path.isdir(run_dir):
-        raise ExportError(f"run directory not found: {run_dir}")
+        raise ExportError(f"{run_dir} is a file, not a run directory" if os.path.isfile(run_dir) else
+                          f"run directory not found: {run_dir}")
     try:
         net, cfg, state = load_scorer(run_dir)
     except (CheckpointError, ConfigError, WeightsError) as exc:

@@ -142,7 +142,8 @@ def check_out(out: str, source: str, inputs: pd.DataFrame) -> None:
 def read_operating_point(run_dir: str) -> dict:
     """The run's operating_point.json (set on validation by ``egan_med.evaluate``); PredictError if unusable."""
     if not os.path.isdir(run_dir):
-        raise PredictError(f"run directory not found: {run_dir}")
+        raise PredictError(f"{run_dir} is a file, not a run directory" if os.path.isfile(run_dir) else
+                           f"run directory not found: {run_dir}")
     op_path = os.path.join(run_dir, "operating_point.json")
     try:
         with open(op_path, encoding="utf-8") as fh:

@@ -286,12 +286,16 @@ def test_restricted_loading_prints_only_the_refusal(tmp_path, capsys):
         warnings.simplefilter("always")
         assert evaluate.main([str(tmp_path)]) == 2
     assert [str(w.message)[:80] for w in seen] == []
-    _one_line_error(capsys, "best.pt", "refused by restricted loading")
+    _one_line_error(capsys, "best.pt: damaged (UnpicklingError: Unsupported operand 149)")
 
 
-def test_run_directory_that_is_a_file(tmp_path, capsys):
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_run_directory_that_is_a_file(command, tmp_path, capsys):
     (tmp_path / "README.md").write_text("# notes")
-    assert evaluate.main([str(tmp_path / "README.md")]) == 2
+    run = str(tmp_path / "README.md")
+    argv = {"evaluate": [run], "predict": ["--run", run, "--input", run, "--out", str(tmp_path / "s.csv")],
+            "export": ["--run", run]}[command]
+    assert {"evaluate": evaluate, "predict": predict, "export": export}[command].main(argv) == 2
     _one_line_error(capsys, "is a file, not a run directory")
     assert _tree(tmp_path) == ["README.md"]
 

@@ -50,6 +50,18 @@ def save_checkpoint(state: dict[str, Any], path: str, keep_previous: bool = True
             os.replace(path, f"{path}.prev")
 
 
+def _why_unusable(exc: Exception) -> str:
+    """A short reason for a file torch.load(weights_only=True) could not read: torch's own text, not its preamble."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0].strip()
+        detail = detail.split(". ")[0][:80]
+        if detail.startswith("Unsupported global"):  # a pickled object: never run it
+            return f"refused by restricted loading (it holds a pickled object; {detail})"
+        text = detail
+    return f"damaged ({type(exc).__name__}: {text[:80]})"
+
+
 def load_checkpoint(path: str) -> dict[str, Any]:
     """Load ``path``; if it is damaged, warn and fall back to ``path + '.prev'``.
 
@@ -68,12 +80,8 @@ def load_checkpoint(path: str) -> dict[str, Any]:
             state = load_restricted(candidate)
             if not isinstance(state, dict) or "config" not in state:
                 raise ValueError("not an egan_med checkpoint")
-        except pickle.UnpicklingError:  # restricted loading refused a pickled object (or an odd protocol)
-            errors.append(f"{candidate}: refused by restricted loading (not a plain torch.save file of tensors "
-                          "and data)")
-            continue
         except Exception as exc:  # truncated zip, bad pickle, wrong content: all mean "unusable"
-            errors.append(f"{candidate}: damaged ({type(exc).__name__}: {str(exc)[:80]})")
+            errors.append(f"{candidate}: {_why_unusable(exc)}")
             continue
         if candidate != path:
             warnings.warn(f"checkpoint {path} is unusable ({errors[-1]}); using the previous one, {candidate}")
