@@ -339,19 +339,22 @@ def _check(cfg: Config) -> None:
     need(e.bootstrap >= 0, "eval.bootstrap", "must be >= 0")
 
 
-def budget_note(budget: int, n_val_minority: int) -> str:
+def budget_note(budget: int, n_train_minority: int, n_val_minority: int) -> str:
     """A warning when ``eval.val_minority_budget`` asks for more validation positives than the cohort has.
 
     Args:
-        budget: ``eval.val_minority_budget`` (N > 0 is the only form that can ask for too many).
+        budget: ``eval.val_minority_budget`` (0 = all, -1 = as many as training positives, N).
+        n_train_minority: training positives of the cohort (what -1 asks for).
         n_val_minority: validation positives the cohort holds.
 
     Returns:
         One line for the report and stderr, or "" when the budget fits.
     """
-    if budget <= n_val_minority:
+    want = n_train_minority if budget < 0 else budget
+    if budget == 0 or want <= n_val_minority:
         return ""
-    return (f"eval.val_minority_budget={budget} is larger than the {n_val_minority} validation positives the cohort "
+    asked = f"{budget}" if budget > 0 else f"-1 (as many as the {n_train_minority} training positives)"
+    return (f"eval.val_minority_budget={asked} is larger than the {n_val_minority} validation positives the cohort "
             f"has; all {n_val_minority} are used (the realistic and generous protocols coincide)")
 
 

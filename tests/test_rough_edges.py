@@ -211,9 +211,10 @@ def test_weights_that_do_not_fit_are_one_line(content, tiny_cohort, tmp_path, ca
 def test_budget_larger_than_what_exists_is_said():
     from egan_med.config import budget_note
 
-    note = budget_note(100000, 389)
-    assert "100000" in note and "389" in note and "\n" not in note
-    assert budget_note(30, 389) == "" and budget_note(0, 389) == "" and budget_note(-1, 389) == ""
+    note = budget_note(100000, 33, 389)
+    assert "=100000 is larger than the 389 validation positives" in note and "\n" not in note
+    assert "500 training positives" in budget_note(-1, 500, 389)
+    assert budget_note(30, 33, 389) == budget_note(0, 33, 389) == budget_note(-1, 33, 389) == ""
 
 
 def test_fusion_with_one_detector_says_why():
