@@ -348,7 +348,7 @@ def test_build_cohort_refuses_text_files_as_the_whole_minority_class(tmp_path, d
         (tmp_path / "data" / "pneumonia" / f"{i}.png").write_text(f"text file {i}")
     out = tmp_path / "cohort"
     assert build_cohort.main(["--folder", str(tmp_path / "data"), "--minority", "pneumonia", "--out", str(out)]) == 2
-    _one_line_error(capsys, "no minority image is readable", "all 6 are files that are not images")
+    _one_line_error(capsys, "no minority image is readable", "of 6, 0 are missing and 6 are not images")
     assert not out.exists()
 
 
