@@ -23,6 +23,7 @@ import os
 import re
 import sys
 
+from egan_med.cli import ArgumentParser, boundary
 from egan_med.cohort import CohortError, CohortOptions, build
 
 SOURCES = ("csv", "nih", "generic", "folder", "medmnist", "cifar")
@@ -30,7 +31,7 @@ SOURCES = ("csv", "nih", "generic", "folder", "medmnist", "cifar")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; see the module docstring."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", help="label table: CheXpert header (default), NIH Data_Entry or path,label[,patient]")
     src.add_argument("--nih", help="NIH ChestX-ray14 Data_Entry_2017 CSV")
@@ -88,6 +89,7 @@ def format_stages(stages: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@boundary("building the cohort")
 def main(argv: list[str] | None = None) -> int:
     """Build the cohort, print its stage table; CohortError -> one line on stderr, status 2."""
     a = parse_args(argv)

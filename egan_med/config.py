@@ -320,6 +320,8 @@ def _check(cfg: Config) -> None:
     # The name becomes runs/<name>: it must stay one folder inside runs/, never a path out of it.
     need(bool(cfg.name) and cfg.name not in (".", "..") and not any(c in cfg.name for c in "/\\\0"), "name",
          "must be a plain folder name (no '/', '\\', '.' or '..'): it names the default run directory runs/<name>")
+    need(bool(d.cohort.strip()), "data.cohort", "must name a cohort.csv written by scripts/build_cohort.py")
+    need(d.fold >= -1, "data.fold", "must be -1 (all folds) or a fold number >= 0")
     need(d.image_size >= 8 and d.image_size % 4 == 0, "data.image_size", "must be a multiple of 4 and at least 8")
     need(d.channels in (1, 3), "data.channels", "must be 1 or 3")
     need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -333,7 +335,8 @@ def _check(cfg: Config) -> None:
     need(m.knn_k >= 1, "model.knn_k", "must be >= 1")
     need(m.patch_memory >= 1, "model.patch_memory", "must be >= 1")
     need(e.val_minority_budget >= -1, "eval.val_minority_budget", "must be 0 (all), -1 (as many as training positives) or N >= 1")
-    need(e.budget_seed >= -1, "eval.budget_seed", "must be -1 (from train.seed and data.fold) or a seed >= 0")
+    need(e.budget_seed == -1 or 0 <= e.budget_seed < 2**32, "eval.budget_seed",
+         "must be -1 (auto: from train.seed and data.fold) or within [0, 2**32)")
     held = run_detector_kinds(cfg)
     need(e.deploy == "auto" or (e.deploy.startswith("fusion") and e.fusion and len(held) > 1) or e.deploy in held,
          "eval.deploy", f"this run holds {', '.join(held)}" + (" (and their fusions)" if e.fusion and len(held) > 1 else
@@ -359,6 +362,41 @@ def _check(cfg: Config) -> None:
     need(e.nash_threshold >= 0, "eval.nash_threshold", "must be >= 0")
     need(0 < e.target < 1, "eval.target", "must be within (0, 1)")
     need(e.bootstrap >= 0, "eval.bootstrap", "must be >= 0")
+
+
+def budget_note(budget: int, n_train_minority: int, n_val_minority: int) -> str:
+    """A warning when ``eval.val_minority_budget`` asks for more validation positives than the cohort has.
+
+    Args:
+        budget: ``eval.val_minority_budget`` (0 = all, -1 = as many as training positives, N).
+        n_train_minority: training positives of the cohort (what -1 asks for).
+        n_val_minority: validation positives the cohort holds.
+
+    Returns:
+        One line for the report and stderr, or "" when the budget fits.
+    """
+    want = n_train_minority if budget < 0 else budget
+    if budget == 0 or want <= n_val_minority:
+        return ""
+    asked = f"{budget}" if budget > 0 else f"-1 (as many as the {n_train_minority} training positives)"
+    return (f"eval.val_minority_budget={asked} is larger than the {n_val_minority} validation positives the cohort "
+            f"has; all {n_val_minority} are used (the realistic and generous protocols coincide)")
+
+
+def fusion_note(fusion: bool, detectors: int) -> str:
+    """Why there is no fusion row although ``eval.fusion`` asks for one.
+
+    Args:
+        fusion: ``eval.fusion``.
+        detectors: how many detectors the run holds.
+
+    Returns:
+        One line for the report and stderr, or "" when fusion is off or has rows.
+    """
+    if not fusion or detectors >= 2:
+        return ""
+    return (f"eval.fusion=true but the run holds {detectors} detector(s); fusion needs two or more (add eval.baseline, "
+            "eval.knn or eval.patchcore), so there is no fusion row")
 
 
 def _check_xrv(cfg: Config, need) -> None:

@@ -7,17 +7,18 @@ deploys (``deploy/scorer.pt``, ``operating_point.json``): see ``egan_med.deploy.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
+from egan_med.cli import ArgumentParser, boundary
 from egan_med.config import ConfigError
 from egan_med.deploy.finalize import finalize_run
 from egan_med.engine.checkpoint import CheckpointError
 
 
+@boundary("evaluating")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egan_med.evaluate", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m egan_med.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--split", choices=("val", "test"), default="test")
     g = p.add_mutually_exclusive_group()

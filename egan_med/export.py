@@ -16,7 +16,6 @@ models/model.pt, docs/README.md), which MONAI's runner scores folders with::
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -27,6 +26,7 @@ import warnings
 import numpy as np
 import torch
 
+from egan_med.cli import ArgumentParser, boundary
 from egan_med.io import atomic_path, file_hash, write_json
 
 ONNX_OPSET = 17
@@ -254,6 +254,8 @@ def export_bundle(run_dir: str, out_dir: str) -> dict:
     from egan_med.cohort.splits import load_splits
 
     if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise ExportError(f"--bundle {out_dir} is an existing file; move it away or choose another path")
         raise ExportError(f"bundle folder already exists: {out_dir} (remove it or choose another)")
     try:
         net, cfg, op = load_run(run_dir)
@@ -342,8 +344,9 @@ def _self_check(net: torch.nn.Module, ts_path: str, onnx_path: str, x: torch.Ten
     return out
 
 
+@boundary("exporting")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egan_med.export", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m egan_med.export", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="run directory written by egan_med.train")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", help="output folder (default RUN_DIR/export)")

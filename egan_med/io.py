@@ -88,3 +88,24 @@ def fmt_interval(value: Any, lo: Any = None, hi: Any = None, digits: int = 2) ->
     if _missing(value):
         return "n/a"
     return f"{value:.{digits}f}" + fmt_bounds(lo, hi, digits)
+
+
+def load_restricted(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's pickle-protocol ``UserWarning``.
+
+    The restricted unpickler warns (two lines) about any pickle protocol other than 2 before it either reads the
+    file or refuses it; callers report the refusal themselves in one line, so the warning is only noise.
+
+    Args:
+        path: a file written by ``torch.save`` (or any pickle; anything beyond tensors and plain data is refused).
+
+    Returns:
+        What the file holds.
+    """
+    import warnings
+
+    import torch  # here, not at the top: the cohort builder imports this module and must not pull in torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)

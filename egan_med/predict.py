@@ -9,12 +9,12 @@ Unreadable images are listed with their reason and an empty decision; they do no
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import pandas as pd
 
+from egan_med.cli import ArgumentParser, boundary
 from egan_med.deploy.serve import (PredictError, eval_image, list_inputs, load_run, predict,  # noqa: F401
                                    pick_device, read_operating_point)
 from egan_med.engine.rundir import write_table_atomic
@@ -49,8 +49,9 @@ def check_out(out: str, source: str, inputs: pd.DataFrame) -> None:
         raise PredictError(f"cannot write --out {out}: permission denied")
 
 
+@boundary("predicting")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egan_med.predict", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m egan_med.predict", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="run directory written by egan_med.train")
     p.add_argument("--input", required=True, help="image folder, CheXpert-style CSV or cohort manifest")
     p.add_argument("--out", required=True, help="output CSV")

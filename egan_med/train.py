@@ -7,7 +7,6 @@ Multi-GPU: ``torchrun --nproc_per_node N -m egan_med.train CONFIG`` (DDP; rank 0
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
@@ -21,16 +20,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from egan_med.cli import ArgumentParser, boundary
 from egan_med.config import Config, ConfigError, load_config
 from egan_med.engine.checkpoint import epoch_weights_path, load_checkpoint, save_checkpoint, trainable_state
 from egan_med.engine.steps import STEPS, StepBatch, StepNets
-from egan_med.engine.rundir import RunDirError, check_run_dir, create_run_dir, release_run_dirs, write_table_atomic
+from egan_med.engine.rundir import (RunDirError, check_run_dir, create_run_dir, discard_unused_run_dirs, release_run_dirs,
+                                    write_table_atomic)
 from egan_med.engine.runtime import Runtime, autocast, rng_state, seed_everything, set_rng_state, setup_runtime, teardown
 from egan_med.evaluation.scoring import score_loader
 from egan_med.cohort.splits import CohortSplits, load_splits
 from egan_med.xrv import run_leak_warning
 from egan_med.models import (Classifier, Discriminator, Encoder, EncoderGenerator, Generator, ScorePair, WeightsError,
-                             count_parameters)
+                             check_weights, count_parameters)
 from egan_med.engine.feature_cache import trunk_cache
 from egan_med.evaluation import metrics, selection
 from egan_med.evaluation.detectors import ONECLASS, fit_oneclass_run, save_epoch_scores
@@ -333,8 +334,9 @@ def dry_run(cfg: Config) -> None:
     _print_summary(cfg, splits, nets)
 
 
+@boundary("training")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egan_med.train", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m egan_med.train", description=__doc__.splitlines()[0])
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=3")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
@@ -362,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run_dir = args.out or os.path.join("runs", cfg.name)
         if cfg.model.kind in ONECLASS:  # nothing to train: fit on the majority images, score, report
+            check_weights(cfg.model.discriminator, cfg.model.weights_for("discriminator"))  # before the run dir
             fit_oneclass_run(cfg, run_dir, force=args.force)
         else:
             train(cfg, run_dir, resume=True if args.resume else None, force=args.force)
@@ -377,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             finalize_run(run_dir)
             print(f"done: {run_dir}/report.md", file=sys.stderr)
     except (ConfigError, CohortError, RunDirError, WeightsError, BadImageError, CheckpointError) as exc:
+        discard_unused_run_dirs()  # a refusal after the directory was made leaves nothing behind
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -143,10 +143,16 @@ def test_symlink_out_of_the_data_root_is_refused(tmp_path: Path, capsys) -> None
     (root / "pneumonia").mkdir()
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "secret.png").write_bytes(b"x")
+    from io import BytesIO
+
+    from PIL import Image
+
+    png = BytesIO()
+    Image.new("L", (4, 4)).save(png, format="PNG")  # real images: the build reads every drawn file's header
+    (outside / "secret.png").write_bytes(png.getvalue())
     for i in range(4):
-        (root / "normal" / f"n{i}.png").write_bytes(b"x")
-        (root / "pneumonia" / f"p{i}.png").write_bytes(b"x")
+        (root / "normal" / f"n{i}.png").write_bytes(png.getvalue())
+        (root / "pneumonia" / f"p{i}.png").write_bytes(png.getvalue())
     (root / "pneumonia" / "p9.png").symlink_to(outside / "secret.png")
     inner = root / "normal" / "link.png"
     inner.symlink_to(root / "normal" / "n0.png")  # a link that stays inside is fine

@@ -14,7 +14,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(REPO, "egan_med")
 # Data flows one way: config -> cohort -> data -> models -> engine -> evaluation -> deploy -> commands (top-level modules).
-LAYERS = (("config", "io", "image_formats", "xrv"), ("cohort",), ("data",), ("models",), ("engine",), ("evaluation",),
+LAYERS = (("config", "io", "image_formats", "xrv", "cli"), ("cohort",), ("data",), ("models",), ("engine",), ("evaluation",),
           ("deploy",))
 COMMANDS = len(LAYERS)  # train, evaluate, predict, export, cohort_cli, bundle: may import any layer
 

@@ -14,7 +14,6 @@ Process ids are this machine's: on a cache folder shared between machines, run i
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import json
@@ -25,6 +24,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from egan_med.cli import ArgumentParser, boundary
 
 # Names cache.cache_files() and cache._write() give, exactly: images_<12 hex>_<16 hex>.npy and .json, and while
 # building images_<...>.tmp<pid>.npy and images_<...>.json.tmp<pid>. Anything else is the user's and never touched.
@@ -124,8 +125,9 @@ def _describe(e: CacheEntry) -> str:
     return f"{e.bytes / 2**20:10.1f} MiB  last used {when}  {os.path.basename(e.files[0])}  ({what})"
 
 
+@boundary("cleaning the cache")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egan_med.data.cache_admin", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m egan_med.data.cache_admin", description=__doc__.splitlines()[0])
     p.add_argument("cache_dir", help="the folder named by data.cache_dir")
     p.add_argument("--unused-days", type=float,
                    help="delete caches whose last use is older than this many days, and the debris of killed builds")

@@ -108,7 +108,7 @@ def read_operating_point(run_dir: str) -> dict:
     if not os.path.exists(run_dir):
         raise PredictError(f"run directory not found: {run_dir}")
     if not os.path.isdir(run_dir):
-        raise PredictError(f"{run_dir} is not a run directory (a file, not a folder written by egan_med.train)")
+        raise PredictError(f"{run_dir} is a file, not a run directory")
     op_path = os.path.join(run_dir, "operating_point.json")
     try:
         with open(op_path, encoding="utf-8") as fh:

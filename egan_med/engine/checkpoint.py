@@ -6,13 +6,14 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no p
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from egan_med.io import atomic_path
+from egan_med.io import atomic_path, load_restricted
 
 
 class CheckpointError(RuntimeError):
@@ -49,23 +50,38 @@ def save_checkpoint(state: dict[str, Any], path: str, keep_previous: bool = True
             os.replace(path, f"{path}.prev")
 
 
+def _why_unusable(exc: Exception) -> str:
+    """A short reason for a file torch.load(weights_only=True) could not read: torch's own text, not its preamble."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0].strip()
+        detail = detail.split(". ")[0][:80]
+        if detail.startswith("Unsupported global"):  # a pickled object: never run it
+            return f"refused by restricted loading (it holds a pickled object; {detail})"
+        text = detail
+    return f"damaged ({type(exc).__name__}: {text[:80]})"
+
+
 def load_checkpoint(path: str) -> dict[str, Any]:
     """Load ``path``; if it is damaged, warn and fall back to ``path + '.prev'``.
 
     Raises:
         CheckpointError: neither file is a readable checkpoint.
     """
+    run_dir = os.path.dirname(os.path.dirname(path))  # RUN_DIR/checkpoints/NAME.pt
+    if os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.isfile(run_dir):
+        raise CheckpointError(f"{run_dir} is a file, not a run directory; give the folder egan_med.train wrote")
     errors = []
     for candidate in (path, f"{path}.prev"):
         if not os.path.exists(candidate):
             errors.append(f"{candidate}: missing")
             continue
         try:
-            state = torch.load(candidate, map_location="cpu", weights_only=True)
+            state = load_restricted(candidate)
             if not isinstance(state, dict) or "config" not in state:
                 raise ValueError("not an egan_med checkpoint")
         except Exception as exc:  # truncated zip, bad pickle, wrong content: all mean "unusable"
-            errors.append(f"{candidate}: damaged ({type(exc).__name__}: {str(exc)[:80]})")
+            errors.append(f"{candidate}: {_why_unusable(exc)}")
             continue
         if candidate != path:
             warnings.warn(f"checkpoint {path} is unusable ({errors[-1]}); using the previous one, {candidate}")

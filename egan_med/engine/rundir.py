@@ -35,6 +35,7 @@ RUN_SUBDIRS = {"checkpoints": ("*.pt", "*.pt.prev"), "tb": ("events.out.tfevents
                "deploy": ("scorer.pt", "scores_*.npz", "deploy.json"),
                "baseline": "run", "evaluations": "runs"}
 _held: dict[str, int] = {}  # realpath of a run directory -> fd of its lock file, held by this process
+_fresh: list[str] = []  # run directories this process created (they did not exist before)
 
 
 def _ours(name: str, patterns: tuple[str, ...]) -> bool:
@@ -116,10 +117,43 @@ def lock_run_dir(run_dir: str) -> None:
 
 
 def release_run_dirs() -> None:
-    """Release every run-directory lock this process holds."""
+    """Release every run-directory lock this process holds (and forget which directories it created)."""
+    _fresh.clear()
     while _held:
         _, fd = _held.popitem()
         os.close(fd)  # closing the descriptor drops the flock
+
+
+def discard_unused_run_dirs() -> list[str]:
+    """Remove the run directories this process created that still hold only the start of a run.
+
+    A run refused after its directory was made (an unreadable image, missing weights) must leave nothing behind:
+    a directory this process created and that holds nothing but ``config.yaml``, the lock and an empty
+    ``checkpoints/`` is removed. Any other file in it keeps it. Releases this process's locks.
+
+    Returns:
+        The directories removed.
+    """
+    fresh = list(_fresh)
+    release_run_dirs()
+    removed = []
+    for run_dir in reversed(fresh):  # nested ones (baseline/) first
+        try:
+            entries = set(os.listdir(run_dir))
+            if not entries <= {"config.yaml", LOCK_NAME, "checkpoints"}:
+                continue
+            ckpt = os.path.join(run_dir, "checkpoints")
+            if "checkpoints" in entries and (not os.path.isdir(ckpt) or os.listdir(ckpt)):
+                continue
+            for name in entries - {"checkpoints"}:
+                os.remove(os.path.join(run_dir, name))
+            for folder in (ckpt, run_dir):
+                if os.path.isdir(folder):
+                    os.rmdir(folder)
+            removed.append(run_dir)
+        except OSError:
+            continue  # a user's file appeared, or the folder is gone: leave it as it is
+    return removed
 
 
 def _check_not_locked(run_dir: str) -> None:
@@ -184,6 +218,10 @@ def check_run_dir(run_dir: str, cfg: Config, resume: bool | None, force: bool) -
             raise RunDirError(f"{run_dir} is not empty and is not an egan_med run; use --out NEW_DIR, or --force to "
                               f"train into it ({force_says})")
         wipe = True
+    for sub in RUN_SUBDIRS:  # a file where egan_med keeps a folder would stop the run after it started
+        if os.path.lexists(os.path.join(run_dir, sub)) and not os.path.isdir(os.path.join(run_dir, sub)):
+            raise RunDirError(f"{os.path.join(run_dir, sub)} is a file, where egan_med keeps its {sub}/ folder; move "
+                              "it away or use --out NEW_DIR")
     has_ckpt = any(os.path.exists(os.path.join(run_dir, "checkpoints", f)) for f in ("last.pt", "last.pt.prev"))
     if resume and (wipe or not has_ckpt):
         raise RunDirError(f"--resume: {run_dir} has no checkpoint of this config to resume from")
@@ -201,10 +239,13 @@ def create_run_dir(run_dir: str, cfg: Config, wipe: bool) -> None:
     Raises:
         RunDirError: the folder cannot be created, or another training holds it.
     """
+    fresh = not os.path.exists(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    if fresh:
+        _fresh.append(run_dir)
     lock_run_dir(run_dir)  # before touching anything inside: a concurrent training must not interleave
     if wipe:
         remove_run_files(run_dir)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from egan_med.evaluation import budget as bud
-from egan_med.config import KIND_LABELS, Config
+from egan_med.config import KIND_LABELS, Config, budget_note, fusion_note
 from egan_med.io import atomic_path, write_json
 from egan_med.cohort.splits import CohortSplits
 
@@ -202,6 +202,10 @@ def budget_section(cfg: Config, run_dir: str, splits: CohortSplits, device, spre
     masks = {bud.REALISTIC: bud.budget_mask(y_val, used, seed)} if used < n_val else {}
     masks[bud.GENEROUS] = np.ones(len(y_val), bool)
     header = bud.budget_header(n_train, n_val, used, cfg.eval.val_minority_budget, seed)
+    for note in (budget_note(cfg.eval.val_minority_budget, n_train, n_val), fusion_note(cfg.eval.fusion, len(dets))):
+        if note:  # said in the report and on stderr, never silently
+            header.append(f"Note: {note}.")
+            print(f"warning: {note}", file=sys.stderr)
     counts = splits.counts()
     choices: dict = {}
     rows = bud.protocol_rows(dets, y_val, y_test, masks, counts, cfg.eval.operating_point, cfg.eval.target,

@@ -34,6 +34,7 @@ import torch
 import torchvision
 from torch import nn
 
+from egan_med.io import load_restricted
 from egan_med.xrv import XRV_WEIGHTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -295,7 +296,7 @@ def load_weights(name: str, weights: str, holder: nn.Module) -> str:
         if not os.path.isfile(weights):
             raise WeightsError(f"model weights file not found: {weights}")
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = load_restricted(weights)
         except Exception as exc:
             hint = ""
             if name == "xrv_densenet121":  # its release files are pickled whole models, not state dicts
@@ -304,11 +305,32 @@ def load_weights(name: str, weights: str, holder: nn.Module) -> str:
                         "densenet121-res224-* name")
             raise WeightsError(f"cannot read weights file {weights}: {' '.join(str(exc).split())[:200]}{hint}") from None
         source = f"file {weights}"
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights {source} do not fit backbone {name}: they hold a {type(state).__name__}, not a "
+                           "state dict (a mapping of parameter names to tensors); save one with "
+                           "torch.save(net.state_dict(), path)")
+    own = holder.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise WeightsError(f"weights {source} do not fit backbone {name}: {len(wrong)} tensor(s) of another shape, "
+                           f"e.g. {k} is {list(got)}, {name} needs {list(want)}; were they saved from another backbone?")
     missing, unexpected = holder.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("classifier", "fc", "_fc"))]
     if missing or (unexpected and len(unexpected) > 2):
         raise WeightsError(f"weights for {name} do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return source
+
+
+def check_weights(name: str, weights: str) -> None:
+    """Build backbone ``name`` and load ``weights`` into it, keeping nothing: a check that can refuse a run before
+    its run directory is made (one-class runs build their networks only after).
+
+    Raises:
+        WeightsError: the weights are missing, unreadable, or do not fit the backbone.
+    """
+    if weights != "none":
+        load_weights(name, weights, BACKBONES[name].build()[1])
 
 
 class Backbone(nn.Module):
