@@ -163,7 +163,7 @@ INVALID = {
     "train.checkpoint_every": "0",
     "eval.select": "loss", "eval.nash_threshold": "-1", "eval.operating_point": "youden", "eval.target": "1",
     "eval.bootstrap": "-1", "eval.baseline": "maybe", "eval.knn": "maybe", "eval.patchcore": "maybe",
-    "eval.fusion": "maybe", "eval.val_minority_budget": "-2", "eval.budget_seed": "-2",
+    "eval.fusion": "maybe", "eval.val_minority_budget": "-2", "eval.budget_seed": "-2", "eval.deploy": "best",
 }
 
 
