@@ -34,9 +34,11 @@ TRAINING = [f"tests/test_invariants.py::{t}" for t in (
 # group -> (files to mutate, test files that cover them)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "metrics": (["egan_med/evaluation/metrics.py"],
-                ["tests/test_metrics.py", "tests/test_metric_registry.py", "tests/test_invariants.py"]),
+                ["tests/test_metrics.py", "tests/test_metrics_edges.py", "tests/test_metric_registry.py",
+                 "tests/test_invariants.py"]),
     "thresholds": (["egan_med/evaluation/thresholds.py"], ["tests/test_metrics.py", "tests/test_invariants.py"]),
-    "selection": (["egan_med/evaluation/selection.py"], ["tests/test_selection.py", "tests/test_selection_edges.py"]),
+    "selection": (["egan_med/evaluation/selection.py"],
+                  ["tests/test_selection.py", "tests/test_selection_edges.py"]),
     "cohort": (["egan_med/cohort/*"], ["tests/test_cohort.py", "tests/test_cohort_errors.py",
                                        "tests/test_cohort_inputs.py", "tests/test_invariants.py"]),
     "readers": (["egan_med/data/readers.py"], ["tests/test_data_readers.py", "tests/test_bit_depth.py",
