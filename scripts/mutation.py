@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -42,8 +43,9 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                   ["tests/test_selection.py", "tests/test_selection_edges.py"]),
     "cohort": (["egan_med/cohort/*"], ["tests/test_cohort.py", "tests/test_cohort_errors.py",
                                        "tests/test_cohort_inputs.py", "tests/test_invariants.py"]),
-    "readers": (["egan_med/data/readers.py"], ["tests/test_data_readers.py", "tests/test_bit_depth.py",
-                                               "tests/test_image_suffixes.py", "tests/test_invariants.py"]),
+    "readers": (["egan_med/data/readers.py"], ["tests/test_data_readers.py", "tests/test_readers_edges.py",
+                                               "tests/test_bit_depth.py", "tests/test_image_suffixes.py",
+                                               "tests/test_invariants.py"]),
 }
 COPY = ["egan_med", "tests", "configs", "scripts", "cohorts", "setup.cfg", "README.md", "Makefile", "docs"]
 
@@ -74,32 +76,45 @@ def prepare(group: str) -> Path:
     return work
 
 
+# The diff of each survivor, in one process (``mutmut show`` per mutant costs a second of imports each).
+_DIFFS = ("import json, sys\nfrom mutmut.mutation.diff_apply import get_diff_for_mutant\n"
+          "print(json.dumps({n: get_diff_for_mutant(n) for n in sys.argv[1:]}))")
+
+
+def _mutmut() -> str:
+    return str(Path(sys.executable).with_name("mutmut"))
+
+
 def run(group: str, max_children: int, timeout: float) -> dict:
     work = prepare(group)
-    mutmut = str(Path(sys.executable).with_name("mutmut"))
     t0 = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     try:
-        proc = subprocess.run([mutmut, "run", "--max-children", str(max_children)], cwd=work, env=env,
+        proc = subprocess.run([_mutmut(), "run", "--max-children", str(max_children)], cwd=work, env=env,
                               capture_output=True, text=True, timeout=timeout)
         timed_out, rc, tail = False, proc.returncode, (proc.stdout + proc.stderr)[-3000:]
     except subprocess.TimeoutExpired as exc:
         timed_out, rc = True, None
         tail = ((exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace"))[-3000:]
-    wall = time.time() - t0
-    subprocess.run([mutmut, "export-cicd-stats"], cwd=work, capture_output=True, text=True)
+    return collect(group, time.time() - t0, timed_out, rc, tail)
+
+
+def collect(group: str, wall: float = math.nan, timed_out: bool = False, rc: int | None = None,
+            tail: str = "") -> dict:
+    """Read a finished (or interrupted) ``mutmut run`` of ``group`` into .mutation/<group>.json."""
+    work = WORK / group
+    subprocess.run([_mutmut(), "export-cicd-stats"], cwd=work, capture_output=True, text=True)
     stats_path = work / "mutants" / "mutmut-cicd-stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-    res = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True).stdout
+    res = subprocess.run([_mutmut(), "results", "--all", "true"], cwd=work, capture_output=True, text=True).stdout
     status: dict[str, str] = {}
     for line in res.splitlines():
         if ":" in line:
             name, state = line.rsplit(":", 1)
             status[name.strip()] = state.strip()
     survivors = sorted(n for n, s in status.items() if s in ("survived", "no tests"))
-    diffs = {}
-    for name in survivors:
-        diffs[name] = subprocess.run([mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
+    diffs = json.loads(subprocess.run([sys.executable, "-c", _DIFFS, *survivors], cwd=work, capture_output=True,
+                                      text=True).stdout or "{}") if survivors else {}
     out = {"group": group, "files": GROUPS[group][0], "tests": GROUPS[group][1], "wall_s": round(wall, 1),
            "timed_out": timed_out, "rc": rc, "stats": stats, "status_counts": _counts(status),
            "survivors": survivors, "diffs": diffs, "tail": tail}
@@ -120,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true")
     p.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2)))
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per group")
+    p.add_argument("--collect", action="store_true", help="only re-read the results of earlier runs")
     a = p.parse_args(argv)
     if a.list:
         print("\n".join(f"{g}: {', '.join(f)} <- {', '.join(t)}" for g, (f, t) in GROUPS.items()))
@@ -128,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown group(s) {unknown}; known: {list(GROUPS)}")
     for g in a.groups or list(GROUPS):
-        r = run(g, a.max_children, a.timeout)
+        r = collect(g) if a.collect else run(g, a.max_children, a.timeout)
         c = r["status_counts"]
         print(f"{g}: {c} in {r['wall_s']} s{' (TIMED OUT)' if r['timed_out'] else ''}; "
               f"{len(r['survivors'])} survivor(s) -> .mutation/{g}.json", flush=True)
