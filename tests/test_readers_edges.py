@@ -149,3 +149,44 @@ def test_npz_address_reasons_are_exact(tmp_path):
         assert info.value.path.endswith(entry)
     img = load_image(f"{npz}#train/0")
     assert img.dtype == np.float32 and img.shape[0] == 1
+
+
+def _png_chunks(path: Path, *chunks: tuple[bytes, bytes], truncate: int = 0) -> str:
+    """A PNG-signed file of raw chunks (the sBIT scan reads chunk headers only, not CRCs or pixels)."""
+    import struct
+
+    body = b"".join(struct.pack(">I", len(data)) + kind + data + b"\0\0\0\0" for kind, data in chunks)
+    path.write_bytes((b"\x89PNG\r\n\x1a\n" + body)[: -truncate or None])
+    return str(path)
+
+
+def test_png_sbit_chunk_parsing(tmp_path):
+    ihdr = (b"IHDR", bytes(13))
+    sbit = readers._png_significant_bits
+    assert sbit(_png_chunks(tmp_path / "g.png", ihdr, (b"sBIT", bytes([12])), (b"IDAT", b""))) == 12
+    assert sbit(_png_chunks(tmp_path / "ga.png", ihdr, (b"sBIT", bytes([10, 16])))) == 10  # gray + alpha
+    assert sbit(_png_chunks(tmp_path / "rgb.png", ihdr, (b"sBIT", bytes([5, 6, 5])))) == 6
+    assert sbit(_png_chunks(tmp_path / "rgba.png", ihdr, (b"sBIT", bytes([5, 6, 5, 8])))) == 6  # alpha not counted
+    assert sbit(_png_chunks(tmp_path / "b1.png", ihdr, (b"sBIT", bytes([1])))) == 1
+    assert sbit(_png_chunks(tmp_path / "b16.png", ihdr, (b"sBIT", bytes([16])))) == 16
+    assert sbit(_png_chunks(tmp_path / "b17.png", ihdr, (b"sBIT", bytes([17])))) is None
+    assert sbit(_png_chunks(tmp_path / "b0.png", ihdr, (b"sBIT", bytes([0])))) is None
+    assert sbit(_png_chunks(tmp_path / "late.png", ihdr, (b"IDAT", b"xx"), (b"sBIT", bytes([12])))) is None
+    assert sbit(_png_chunks(tmp_path / "end.png", ihdr, (b"IEND", b""), (b"sBIT", bytes([12])))) is None
+    assert sbit(_png_chunks(tmp_path / "cut.png", ihdr, (b"sBIT", bytes([12, 12, 12])), truncate=6)) is None
+    assert sbit(_png_chunks(tmp_path / "none.png", ihdr, (b"tEXt", b"k\0v"))) is None
+    big = _png_chunks(tmp_path / "big.png", (b"IHDR", bytes(13)))
+    Path(big).write_bytes(Path(big).read_bytes()[:8] + b"\xff\xff\xff\xffIHDR")  # a length above 2**31
+    assert sbit(big) is None
+
+
+def test_unsigned_full_scale_boundaries(tmp_path):
+    scale = readers._unsigned_full_scale
+    ihdr = (b"IHDR", bytes(13))
+    s12 = _png_chunks(tmp_path / "s12.png", ihdr, (b"sBIT", bytes([12])))
+    assert scale(np.array([4095]), s12) == 4095.0  # at the sBIT depth
+    assert scale(np.array([4096]), s12) == 65535.0  # above it: samples already scaled to 16 bits
+    plain = str(tmp_path / "plain.tif")
+    assert scale(np.array([4095]), plain) == 4095.0 and scale(np.array([4096]), plain) == 16383.0
+    assert scale(np.array([255]), plain) == 255.0 and scale(np.array([0]), plain) == 255.0
+    assert scale(np.array([70_000]), plain) == float(2**17 - 1)  # deeper than 16 bits: its own depth
