@@ -190,3 +190,22 @@ def test_unsigned_full_scale_boundaries(tmp_path):
     assert scale(np.array([4095]), plain) == 4095.0 and scale(np.array([4096]), plain) == 16383.0
     assert scale(np.array([255]), plain) == 255.0 and scale(np.array([0]), plain) == 255.0
     assert scale(np.array([70_000]), plain) == float(2**17 - 1)  # deeper than 16 bits: its own depth
+
+
+def test_loaders_are_built_once_on_first_use_and_restore_the_log_level(monkeypatch, tmp_path):
+    import logging
+
+    monkeypatch.setattr(readers, "_loaders", {})
+    quiet = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    monkeypatch.setattr(quiet, "level", logging.INFO)
+    gray = (np.arange(6 * 4).reshape(6, 4) * 10).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    np.testing.assert_allclose(load_image(tmp_path / "g.png"), gray[None] / 255.0, atol=1e-6)
+    stored = (np.arange(6 * 4).reshape(6, 4) * 100).astype(np.uint16)
+    img = load_image(_dicom(tmp_path / "d.dcm", stored, 12))
+    assert img.shape == (1, 6, 4) and img.dtype == np.float32
+    np.testing.assert_allclose(img[0], stored / 4095.0, atol=1e-6)
+    assert set(readers._loaders) == {"pil", "dicom"} and quiet.level == logging.INFO
+    built = dict(readers._loaders)
+    load_image(tmp_path / "g.png")
+    assert readers._loaders == built  # built once
