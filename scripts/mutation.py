@@ -151,7 +151,6 @@ EQUIVALENT: dict[str, str] = {
     "egan_med.evaluation.thresholds.x__between__mutmut_7": "when mid == lo both branches return lo",
     "egan_med.evaluation.selection.x_as_frame__mutmut_3": "pd.DataFrame(df).copy() equals df.copy()",
     "egan_med.evaluation.selection.x_as_frame__mutmut_27": "numpy accepts sort kinds case-insensitively",
-    "egan_med.evaluation.selection.x_as_frame__mutmut_19": "reset_index(drop=None) drops like drop=True",
     "egan_med.evaluation.selection.x_is_nash__mutmut_26":
         "gap < limit + 1e-12 and gap <= limit + 1e-12 differ only at exactly limit + 1e-12, which no count "
         "ratio hits",
