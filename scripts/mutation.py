@@ -145,9 +145,9 @@ EQUIVALENT: dict[str, str] = {
     "egan_med.evaluation.metrics.x_bootstrap_ci__mutmut_42":
         "memory-bound chunk size (only differs above 10^6 items): the same number of resamples, drawn from the "
         "same distribution in other chunks; an equally valid bootstrap, not bit-identical",
-    "egan_med.evaluation.metrics.x_bootstrap_ci__mutmut_44":
-        "memory-bound chunk size (2,000,001 // n differs from 2,000,000 // n only for n dividing 2,000,001 and "
-        "then by one): same resample count and distribution, not bit-identical",
+    **{f"egan_med.evaluation.metrics.x__sens_at_spec_point__mutmut_{i}":
+       "scikit-learn's drop_intermediate drops only points inside horizontal or vertical runs of the ROC curve; "
+       "the largest tpr at fpr <= limit is always at a corner it keeps" for i in (11, 12)},
     "egan_med.evaluation.thresholds.x__between__mutmut_7": "when mid == lo both branches return lo",
     "egan_med.evaluation.selection.x_as_frame__mutmut_3": "pd.DataFrame(df).copy() equals df.copy()",
     "egan_med.evaluation.selection.x_as_frame__mutmut_27": "numpy accepts sort kinds case-insensitively",

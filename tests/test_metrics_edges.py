@@ -90,9 +90,9 @@ def test_sens_at_spec_batch_when_no_cut_is_allowed_and_at_the_boundary():
     assert binary_metrics(y, np.r_[s_min[0], s_maj[0]], spec_target=0.9)["sens_at_spec"] == 1.0
 
 
-def test_sens_at_spec_point_keeps_collinear_roc_points():
-    # Ties across classes make diagonal ROC steps; two equal steps are collinear and the middle point
-    # (fpr 0.1, tpr 0.5) is exactly the one 90% specificity allows.
+def test_sens_at_spec_on_diagonal_roc_steps():
+    # Ties across classes make diagonal ROC steps; the point between two equal steps (fpr 0.1, tpr 0.5) is
+    # exactly the one 90% specificity allows.
     y = np.r_[np.ones(2, int), np.zeros(10, int)]
     s = np.r_[[2.0, 1.0], [2.0, 1.0], np.full(8, 0.0)]
     assert binary_metrics(y, s, spec_target=0.9)["sens_at_spec"] == 0.5
