@@ -162,6 +162,29 @@ EQUIVALENT: dict[str, str] = {
         "as_frame reset the index, so val.index is the default RangeIndex that pd.Series(array) gets anyway",
     "egan_med.evaluation.selection.x_select_epoch__mutmut_56":
         "as_frame reset the index, so val.index is the default RangeIndex that pd.Series(array) gets anyway",
+    **{f"egan_med.data.readers.xǁRadiographDicomReaderǁ__init____mutmut_{i}":
+       "swap_ij and prune_metadata are read only by MONAI's PydicomReader.get_data and its helpers, which "
+       "RadiographDicomReader.get_data replaces" for i in range(1, 7)},
+    **{f"egan_med.data.readers.x__output_range__mutmut_{i}":
+       "the fallback when BitsStored is absent is unreachable: pydicom refuses to decode pixel data without "
+       "BitsStored (checked with pydicom 3.0.2), and get_data decodes before calling _output_range"
+       for i in (4, 6, 11, 12, 13, 14, 15, 16, 17)},
+    **{f"egan_med.data.readers.x__output_range__mutmut_{i}":
+       "the default when PixelRepresentation is absent is unreachable: pydicom refuses to decode without it"
+       for i in (33, 35)},
+    **{f"egan_med.data.readers.xǁRadiographDicomReaderǁ_grayscale_to_unit__mutmut_{i}":
+       "dtype of an intermediate: the arithmetic that follows is float64 either way" for i in (42, 44, 56, 58)},
+    "egan_med.data.readers.xǁRadiographDicomReaderǁ_grayscale_to_unit__mutmut_39":
+        "one input past the stored maximum: pydicom maps inputs beyond the LUT to its last entry, so min and max "
+        "are unchanged",
+    "egan_med.data.readers.xǁ_WritablePILReaderǁget_data__mutmut_3": "always copying: the same values",
+    "egan_med.data.readers.x__window__mutmut_4": "float64 instead of float32; load_image casts to float32",
+    "egan_med.data.readers.x_to_channels__mutmut_23": "tensordot of float32 arrays is float32 already",
+    "egan_med.data.readers.x__unsigned_full_scale__mutmut_21":
+        "peak == 65535 with sBIT: the next rule gives 16 bits, 65535, too",
+    "egan_med.data.readers.x__unsigned_full_scale__mutmut_22": "a PNG sample cannot exceed 65535",
+    "egan_med.data.readers.x__unsigned_full_scale__mutmut_38":
+        "the fallback is used only for peaks above 65535, whose depth is at least 17 bits anyway",
     **{f"egan_med.evaluation.selection.x_select_epoch__mutmut_{i}":
        "which row the reason reads the validation class sizes from: every row of a run's history has the same "
        "val_n_minority / val_n_majority (one validation split per run), so any row gives the same text"
