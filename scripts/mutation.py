@@ -185,6 +185,17 @@ EQUIVALENT: dict[str, str] = {
     "egan_med.data.readers.x__unsigned_full_scale__mutmut_22": "a PNG sample cannot exceed 65535",
     "egan_med.data.readers.x__unsigned_full_scale__mutmut_38":
         "the fallback is used only for peaks above 65535, whose depth is at least 17 bits anyway",
+    **{f"egan_med.data.readers.x__pil_to_unit__mutmut_{i}":
+       "the initial= of min/max on a non-empty image: min(1, m) >= 0 iff m >= 0 when max <= 1 is also required, "
+       "max(1, m) <= 1 iff m <= 1, min(1, m) < 0 iff m < 0, and None is no initial at all"
+       for i in (26, 27, 30, 31, 36, 37)},
+    **{f"egan_med.data.readers.x__pil_to_unit__mutmut_{i}":
+       "clipping bounds: arr >= 0 here and the full scale is at least the peak, so arr / scale is in [0, 1]"
+       for i in (50, 51, 61)},
+    **{f"egan_med.data.readers.x__unsigned_full_scale__mutmut_{i}":
+       "initial= of the peak: it differs only for an all-zero image, which is 8-bit either way" for i in (3, 4)},
+    **{f"egan_med.data.readers.xǁRadiographDicomReaderǁget_data__mutmut_{i}":
+       "a missing NumberOfFrames gives None, and None or 1 is 1" for i in (9, 11)},
     **{f"egan_med.evaluation.selection.x_select_epoch__mutmut_{i}":
        "which row the reason reads the validation class sizes from: every row of a run's history has the same "
        "val_n_minority / val_n_majority (one validation split per run), so any row gives the same text"

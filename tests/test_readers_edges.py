@@ -209,3 +209,56 @@ def test_loaders_are_built_once_on_first_use_and_restore_the_log_level(monkeypat
     built = dict(readers._loaders)
     load_image(tmp_path / "g.png")
     assert readers._loaders == built  # built once
+
+
+def test_colour_dicom_is_rgb_channel_first(tmp_path):
+    rgb = np.zeros((3, 5, 3), dtype=np.uint8)
+    rgb[0, 0], rgb[2, 4] = (255, 0, 10), (0, 128, 255)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", generate_uid()
+    ds.set_pixel_data(rgb, "RGB", 8)
+    ds.save_as(tmp_path / "rgb.dcm", enforce_file_format=True)
+    img = load_image(tmp_path / "rgb.dcm")
+    assert img.shape == (3, 3, 5) and img.dtype == np.float32
+    np.testing.assert_allclose(img, np.moveaxis(rgb, -1, 0) / 255.0, atol=1e-6)
+
+
+def test_unsupported_shapes_are_refused_with_the_shape(tmp_path):
+    np.savez(tmp_path / "s.npz", train_images=np.zeros((1, 3, 3, 4), np.uint8), val_images=np.zeros((1, 0, 5), np.uint8),
+             test_images=np.full((1, 1, 5), 255, np.uint8))
+    base = str(tmp_path / "s.npz")
+    with pytest.raises(BadImageError, match=r"^bad image .*s\.npz#train/0: unsupported image shape \(4, 3, 3\)$"):
+        load_image(base + "#train/0")
+    with pytest.raises(BadImageError, match=r"unsupported image shape \(1, 0, 5\)$"):
+        load_image(base + "#val/0")
+    np.testing.assert_array_equal(load_image(base + "#test/0"), np.ones((1, 1, 5), np.float32))  # one row is fine
+
+
+def test_to_channels_refuses_other_channel_counts():
+    for channels in (1, 3):
+        with pytest.raises(ValueError, match=rf"^cannot convert 2 channels to {channels}$"):
+            readers.to_channels(np.zeros((2, 4, 5), np.float32), channels)
+
+
+def _tiff(path: Path, values: np.ndarray, mode: str) -> Path:
+    Image.fromarray(values, mode).save(path)
+    return path
+
+
+def test_float_and_signed_pixels_follow_their_rules(tmp_path):
+    # real-valued floats outside [0, 1]: min-max windowed, however narrow their range
+    img = load_image(_tiff(tmp_path / "a.tif", np.array([[2.0, 2.25, 2.5]], np.float32), "F"))[0]
+    np.testing.assert_allclose(img, [[0.0, 0.5, 1.0]], atol=1e-6)
+    img = load_image(_tiff(tmp_path / "b.tif", np.array([[0.0, 0.75, 1.5]], np.float32), "F"))[0]
+    np.testing.assert_allclose(img, [[0.0, 0.5, 1.0]], atol=1e-6)
+    # whole-number floats follow the integer rule: 1000 needs 10 bits, so white is 1023, not 1000
+    img = load_image(_tiff(tmp_path / "c.tif", np.array([[0.0, 500.0, 1000.0]], np.float32), "F"))[0]
+    np.testing.assert_allclose(img, [[0.0, 500 / 1023, 1000 / 1023]], atol=1e-6)
+    # signed integers with negative values: windowed
+    img = load_image(_tiff(tmp_path / "d.tif", np.array([[-100, 0, 100]], np.int32), "I"))[0]
+    np.testing.assert_allclose(img, [[0.0, 0.5, 1.0]], atol=1e-6)
+    # integers that happen to lie in [0, 1] are counts, not unit floats: 1 of 255
+    Image.fromarray(np.array([[0, 1], [1, 0]], np.uint16)).save(tmp_path / "e.png")
+    np.testing.assert_allclose(load_image(tmp_path / "e.png")[0], [[0, 1 / 255], [1 / 255, 0]], atol=1e-7)
