@@ -1,12 +1,13 @@
 # `make demo`: set up .venv (once) and train on the bundled PneumoniaMNIST cohort.
 # `make test`: set up .venv (once) and run the whole test suite (what CI runs, in a fresh clone: .ci/run).
 # `make test-fast`: the tests not marked slow (no multi-process, kill-and-resume, export or benchmark runs).
+# `make mutation`: mutation testing (mutmut) of the evaluation, cohort and reader code; outside CI (docs/MUTATION.md).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-egan_med
 
-.PHONY: setup demo test test-fast bench tensorboard clean
+.PHONY: setup demo test test-fast mutation bench tensorboard clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +34,12 @@ test: setup $(CHEXPERT_CSV)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Slow (tens of minutes on 2 cores): each group is mutated with only the fast tests that cover it.
+# GROUPS="metrics cohort" runs some; results in .mutation/<group>.json, scores and survivors in docs/MUTATION.md.
+mutation: setup
+	$(BIN)/python -m pip install -q -e ".[mutation]"
+	$(BIN)/python scripts/mutation.py $(GROUPS)
 
 bench: setup
 	$(BIN)/python scripts/bench.py
