@@ -107,3 +107,22 @@ def test_fit_peak_memory_does_not_grow_with_the_number_of_images():
     r = json.loads(out.stdout)
     assert r["rows"] == 500
     assert r["large"] - r["small"] < r["batch"], r
+
+
+@pytest.mark.parametrize("subsample", ["coreset", "random"])
+def test_the_config_key_reaches_the_patch_memory(tmp_path, monkeypatch, subsample):
+    import egan_med.models.patchcore as pc
+    from egan_med.config import load_config
+    from egan_med.evaluation.detectors import oneclass_scores
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise LookupError("built")
+
+    monkeypatch.setattr(pc, "PatchMemory", fake)
+    cfg = load_config("configs/demo.yaml", [f"model.patch_subsample={subsample}"])
+    with pytest.raises(LookupError):
+        oneclass_scores(cfg, None, "patchcore", str(tmp_path))
+    assert seen["subsample"] == subsample
