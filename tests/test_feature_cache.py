@@ -22,7 +22,7 @@ MIB = 2 ** 20
 def test_plan_picks_the_form_that_fits(free, disk, element, form):
     plan = plan_trunk_cache(100 * 1024, 1024, element, free, disk)  # 1,024 images x 100 KiB = 100 MiB
     assert plan.form == form and plan.total == 100 * MIB
-    assert plan.line().startswith(f"trunk cache: 1,024 images x 0.1 MiB = 100.0 MiB; {form}: ")
+    assert plan.line().startswith(f"trunk cache: 1,024 images x 100.0 KiB = 100.0 MiB; {form}: ")
 
 
 @pytest.fixture(scope="module")

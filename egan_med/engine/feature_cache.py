@@ -25,7 +25,9 @@ FORMS = ("device", "bf16", "disk", "off")
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+    if n >= 2 ** 30:
+        return f"{n / 2 ** 30:.2f} GiB"
+    return f"{n / 2 ** 20:.1f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} KiB"
 
 
 @dataclass(frozen=True)
