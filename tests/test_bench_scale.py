@@ -40,7 +40,7 @@ def test_quick_scale_run_passes_its_memory_check():
                            "scoring"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     for stage in ("image_cache", "patchcore", "train_epoch", "scoring"):
-        assert f"| {stage} | 512 |" in done.stdout
+        assert f"| {stage} | 2,048 |" in done.stdout
 
 
 def test_the_per_image_allowance_passes_the_manifest_but_not_a_future_per_image():
