@@ -1,21 +1,19 @@
 """scripts/bench_scale.py: its memory check flags a bounded stage that grows, and --quick passes on this code."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from scripts import bench_scale
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_scale.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_scale
 
 
 def _row(stage, n, own_mib, wall=1.0):
