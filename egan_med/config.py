@@ -124,7 +124,8 @@ class ModelConfig:
     dropout: float = 0.2  # before D's one-unit head
     spectral_norm: bool = False  # spectral normalisation on D's head
     knn_k: int = 5  # neighbours averaged by the kNN one-class baseline
-    patch_memory: int = 10000  # patch memory (patchcore): at most this many normal patches, a seeded random subset
+    patch_memory: int = 10000  # patch memory (patchcore): at most this many normal patches
+    patch_subsample: str = "coreset"  # how the patch memory is cut to patch_memory: coreset (greedy k-center, PatchCore's) | random
 
     def roles(self) -> tuple[str, ...]:
         """The pretrained networks this kind uses: D (the scorer / classifier), and E for eGAN."""
@@ -334,6 +335,7 @@ def _check(cfg: Config) -> None:
     need(m.trainable_blocks >= -1, "model.trainable_blocks", "must be -1 (paper mapping) or >= 0")
     need(m.knn_k >= 1, "model.knn_k", "must be >= 1")
     need(m.patch_memory >= 1, "model.patch_memory", "must be >= 1")
+    need(m.patch_subsample in ("coreset", "random"), "model.patch_subsample", "must be coreset or random")
     need(e.val_minority_budget >= -1, "eval.val_minority_budget", "must be 0 (all), -1 (as many as training positives) or N >= 1")
     need(e.budget_seed == -1 or 0 <= e.budget_seed < 2**32, "eval.budget_seed",
          "must be -1 (auto: from train.seed and data.fold) or within [0, 2**32)")

@@ -58,3 +58,28 @@ def test_k_is_capped_by_the_majority_size_and_score_needs_fit():
         q = torch.rand(3, 3, 32, 32)
         both = torch.cdist(knn.embed(q), knn.bank).mean(1)
         assert torch.allclose(knn(q), both, atol=1e-5)
+
+
+def test_search_reads_the_memory_in_chunks(monkeypatch):
+    # 10,000 majority features: no [queries x memory] distance matrix is ever built, and the result is exact.
+    import egan_med.models.distances as dist
+    import egan_med.models.knn as knn_module
+
+    widest = []
+    plain = dist.squared_distances
+
+    def spy(a, b):
+        widest.append(b.shape[0])
+        return plain(a, b)
+
+    monkeypatch.setattr(dist, "squared_distances", spy)
+    monkeypatch.setattr(knn_module, "squared_distances", spy, raising=False)
+    g = torch.Generator().manual_seed(0)
+    knn = KNNOneClass("efficientnet_lite0", "none", k=4, load=False)
+    knn.embed = lambda x: x
+    knn.bank = torch.nn.functional.normalize(torch.randn(10_000, 16, generator=g), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=1)
+    got = knn(q)
+    assert max(widest) <= dist.BANK_CHUNK
+    want = torch.cdist(q, knn.bank).topk(4, largest=False).values.mean(1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

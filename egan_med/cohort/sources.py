@@ -114,6 +114,29 @@ _CHEXPERT_PATH = r"/(patient\d{1,8})/(study\d{1,8})/[^/]*$"
 _NOT_PLAIN = r"^$|^[/.]|[:\\]|/\.\."
 
 
+def _chexpert_folders(strings: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(patient folder, study folder, plain) of each path; '' where a path lacks .../patientN/studyK/file.
+
+    The paths are joined by newlines and searched once: the loop over rows is then the regex engine's and
+    ``str.find``'s (C), not a Python call per row as in pandas' ``str.extract`` / ``str.contains`` (0.12 s against
+    0.9 s of CPU on CheXpert's 223,414 paths). A match must end a line, so a line holds at most one: as many
+    matches as paths means every path has the shape. Otherwise (a bad path, or a newline inside a quoted path),
+    pandas' per-row route gives the same answer.
+    """
+    joined = "\n".join(strings)
+    if len(strings) and joined.count("\n") == len(strings) - 1:
+        found = re.findall(_CHEXPERT_PATH.replace("[^/]", "[^/\n]"), joined, re.M)
+        if len(found) == len(strings):
+            lines = "\n" + joined + "\n"  # every path between two newlines: _NOT_PLAIN as substring tests
+            plain = not ("\n\n" in lines or "\n/" in lines or "\n." in lines or ":" in joined or "\\" in joined
+                         or "/.." in joined)
+            folders = np.array(found, dtype=object)
+            return folders[:, 0], folders[:, 1], plain
+    paths = pd.Series(strings, dtype=object)
+    folders = paths.str.extract(_CHEXPERT_PATH).fillna("")
+    return folders[0].to_numpy(object), folders[1].to_numpy(object), not paths.str.contains(_NOT_PLAIN).any()
+
+
 def read_chexpert(o: CohortOptions, csv: str, cols: list[str]) -> SourceTable:
     """CheXpert train/valid CSV: label policy, views, one representative image per study (frontal first)."""
     label, unit, policy = o.label or "Pneumonia", o.unit or "study", o.uncertain or "ignore"
@@ -129,15 +152,13 @@ def read_chexpert(o: CohortOptions, csv: str, cols: list[str]) -> SourceTable:
     if bad.any():
         raise CohortError(f"column {label!r} has {int(bad.sum())} value(s) outside {{1, 0, -1, blank}}, "
                           f"e.g. {df[label][bad].iloc[0]!r}")
-    paths = _read_csv(src(), usecols=["Path"], dtype=object, keep_default_na=False, name=csv)["Path"]
-    strings = paths.to_numpy()
-    folders = paths.str.extract(_CHEXPERT_PATH)
-    ok = folders[0].notna().to_numpy()
+    strings = _read_csv(src(), usecols=["Path"], dtype=object, keep_default_na=False, name=csv)["Path"].to_numpy()
+    patient_folder, study_folder, plain = _chexpert_folders(strings)  # (CSV quoting is to_csv's job)
+    ok = patient_folder != ""
     if not ok.all():
         raise CohortError(f"{int((~ok).sum())} path(s) lack .../patientNNNNN/studyK/..., e.g. "
                           f"{strings[np.argmin(ok)]!r}; cannot group by patient")
-    plain = not paths.str.contains(_NOT_PLAIN).any()  # (CSV quoting is to_csv's job)
-    (pcode, patients), (sname, snames) = pd.factorize(folders[0]), pd.factorize(folders[1])
+    (pcode, patients), (sname, snames) = pd.factorize(patient_folder), pd.factorize(study_folder)
     scode = pd.factorize(pcode * (len(snames) + 1) + sname)[0]  # a study is (patient, study folder)
     n_st = int(scode.max(initial=-1)) + 1
     if policy != "ignore":

@@ -75,6 +75,9 @@ def cache_files(cache_dir: str, cfg: DataConfig, paths: list[str]) -> tuple[str,
     return f"{stem}.npy", f"{stem}.json"
 
 
+_WINDOW = 512  # images in flight per decode thread: the futures held while decoding stay bounded, not O(N)
+
+
 def _fill(images: np.ndarray, paths: list[str], cfg: DataConfig, fail: bool, desc: str) -> list[tuple[int, str, str]]:
     """Decode into ``images`` row by row; threads overlap Pillow's and torch's GIL-free work."""
     def one(i: int) -> tuple[int, str]:
@@ -86,8 +89,14 @@ def _fill(images: np.ndarray, paths: list[str], cfg: DataConfig, fail: bool, des
 
     failures: list[tuple[int, str, str]] = []
     workers = max(1, min(cfg.num_workers, os.cpu_count() or 1))
+
+    def results(pool: ThreadPoolExecutor):  # Executor.map submits every item at once: ~2 KB a future, per image
+        step = _WINDOW * workers
+        for start in range(0, len(paths), step):
+            yield from pool.map(one, range(start, min(start + step, len(paths))))
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, reason in tqdm(pool.map(one, range(len(paths))), total=len(paths), desc=desc, unit="img",
+        for i, reason in tqdm(results(pool), total=len(paths), desc=desc, unit="img",
                               leave=False, mininterval=2.0, disable=len(paths) < 500):
             if reason:
                 if fail:

@@ -84,7 +84,8 @@ def oneclass_scores(cfg: Config, splits: CohortSplits, kind: str, run_dir: str,
         model = KNNOneClass(cfg.model.discriminator, weights, cfg.model.knn_k, device)
     elif kind == "patchcore":
         from egan_med.models.patchcore import PatchMemory
-        model = PatchMemory(cfg.model.discriminator, weights, cfg.model.patch_memory, cfg.train.seed, device)
+        model = PatchMemory(cfg.model.discriminator, weights, cfg.model.patch_memory, cfg.train.seed, device,
+                            subsample=cfg.model.patch_subsample)
     else:
         raise ValueError(f"not a one-class detector: {kind!r}")
     loaders = _loaders(cfg, splits)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from egan_med.models.backbones import Backbone
-from egan_med.models.distances import squared_distances
+from egan_med.models.distances import nearest_squared
 
 
 class KNNOneClass(nn.Module):
@@ -47,15 +47,17 @@ class KNNOneClass(nn.Module):
 
     @torch.no_grad()
     def fit(self, majority_loader: DataLoader) -> "KNNOneClass":
-        feats = [self.embed(batch["image"].to(self.device)).cpu() for batch in majority_loader]
-        self.bank = torch.cat(feats).to(self.device)
+        """Every majority image's feature into ``bank`` (on the device; the kNN memory is all of them)."""
+        self.bank = torch.cat([self.embed(batch["image"].to(self.device)) for batch in majority_loader])
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Minority score of [0, 1] images: mean distance to the k nearest majority features."""
-        d2 = squared_distances(self.embed(x), self.bank)
-        k = min(self.k, self.bank.shape[0])
-        return torch.topk(d2, k, dim=1, largest=False).values.sqrt().mean(1)
+        """Minority score of [0, 1] images: mean distance to the k nearest majority features.
+
+        The memory is read in chunks with a running top-k (``distances.nearest_squared``): a batch of B images
+        holds at most [B, BANK_CHUNK + k] distances however many majority images were fitted.
+        """
+        return nearest_squared(self.embed(x), self.bank, self.k).sqrt().mean(1)
 
     @torch.no_grad()
     def score(self, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
