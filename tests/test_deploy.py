@@ -127,7 +127,7 @@ def test_each_epochs_saved_weights_reproduce_that_epochs_scores(full_run):
         loader = finalize.split_loader(cfg, splits, splits.test)
         for i, epoch in enumerate(det.epochs):
             scorer, _ = trained_scorer(str(where), epoch)
-            _, s = finalize.score_images(scorer, loader, torch.device("cpu"))
+            _, s = finalize.score_batches(scorer, loader, torch.device("cpu"))
             assert float(np.abs(s - det.test[i]).max()) <= 1e-5, (where.name, epoch)
 
 

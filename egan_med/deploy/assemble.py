@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from torch import nn
 
-from egan_med.config import KIND_LABELS, Config, config_from_dict
+from egan_med.config import KIND_LABELS, config_from_dict
 from egan_med.engine.checkpoint import CheckpointError, epoch_weights_path, load_checkpoint
 from egan_med.evaluation.detectors import BudgetSection, oneclass_scorer_path
-from egan_med.models.scorers import FusionScorer, NetScorer, ScorerError, load_scorer, spec_of
+from egan_med.models.scorers import FusionScorer, NetScorer, ScorerError, load_scorer, score_batches, spec_of
 
 LABEL_KINDS = {label: kind for kind, label in KIND_LABELS.items()}
 
@@ -76,23 +75,6 @@ def component_scorer(run_dir: str, label: str, choice: dict) -> tuple[nn.Module,
     return scorer, spec_of(scorer, cfg_dict["model"])
 
 
-@torch.no_grad()
-def score_images(scorer: nn.Module, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, float32 minority scores) of every item of ``loader``, in float32 on ``device``.
-
-    The one scoring path of deployment: thresholds are set on its output and ``predict`` applies them to the
-    same computation (no autocast anywhere, so both sides have the same precision).
-    """
-    scorer = scorer.to(device).eval()
-    ys, ss = [], []
-    for batch in loader:
-        ss.append(scorer(batch["image"].to(device)).float().cpu())
-        ys.append(torch.as_tensor(batch["minority"]))
-    if not ss:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return torch.cat(ys).numpy().astype(np.int64), torch.cat(ss).numpy()
-
-
 def deployed_scorer(run_dir: str, section: BudgetSection, label: str, val_loader,
                     device: torch.device) -> tuple[nn.Module, dict, dict]:
     """The detector ``label`` under the section's deploy protocol, as one scorer.
@@ -116,7 +98,7 @@ def deployed_scorer(run_dir: str, section: BudgetSection, label: str, val_loader
     comps, specs, refs, epochs = [], [], [], {}
     for name in section.detectors:
         scorer, spec = component_scorer(run_dir, name, section.choices[(proto, name)])
-        refs.append(torch.as_tensor(score_images(scorer, val_loader, device)[1]))
+        refs.append(torch.as_tensor(score_batches(scorer, val_loader, device)[1]))
         comps.append(scorer.cpu())
         specs.append(spec)
         epochs[name] = section.choices[(proto, name)].get("epoch", 0)

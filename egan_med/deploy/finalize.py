@@ -18,14 +18,14 @@ import torch
 
 from egan_med.cohort.splits import CohortSplits, load_splits
 from egan_med.config import KIND_LABELS, Config, config_from_dict, deploy_label, read_yaml
-from egan_med.deploy.assemble import deployed_scorer, score_images
+from egan_med.deploy.assemble import deployed_scorer
 from egan_med.engine.checkpoint import CheckpointError, load_checkpoint
 from egan_med.evaluation import budget as bud
 from egan_med.evaluation import metrics, model_card, plots, report, selection, thresholds
 from egan_med.evaluation.detectors import ONECLASS, BudgetSection, budget_section, oneclass_run_cwd, run_device
 from egan_med.evaluation.scoring import score_loader
 from egan_med.io import file_hash, write_json
-from egan_med.models.scorers import save_scorer
+from egan_med.models.scorers import save_scorer, score_batches
 from egan_med.xrv import run_leak_warning
 
 PATH_KEYS = (("data", "cohort"), ("data", "root"), ("data", "cache_dir"), ("model", "weights"),
@@ -124,8 +124,8 @@ def deploy(run_dir: str, cfg: Config, splits: CohortSplits, section: BudgetSecti
     val_kept = splits.val.reset_index(drop=True)[mask]
     val_loader = split_loader(cfg, splits, val_kept)
     scorer, spec, chosen = deployed_scorer(run_dir, section, label, val_loader, dev)
-    y_val, s_val = score_images(scorer, val_loader, dev)
-    y_test, s_test = score_images(scorer, split_loader(cfg, splits, splits.test), dev)
+    y_val, s_val = score_batches(scorer, val_loader, dev)
+    y_test, s_test = score_batches(scorer, split_loader(cfg, splits, splits.test), dev)
     if not (np.array_equal(y_val, section.y_val[mask]) and np.array_equal(y_test, section.y_test)):
         raise RuntimeError("the deployed scorer saw the splits in another order than the report")
     rule = "specificity" if cfg.eval.operating_point == "logit0" else cfg.eval.operating_point

@@ -7,7 +7,6 @@ import os
 from importlib import metadata
 
 import numpy as np
-import pandas as pd
 
 from egan_med.evaluation import metrics
 from egan_med import xrv

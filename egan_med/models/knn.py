@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from egan_med.models.backbones import Backbone
 from egan_med.models.distances import nearest_squared
+from egan_med.models.scorers import score_batches
 
 
 class KNNOneClass(nn.Module):
@@ -64,8 +65,4 @@ class KNNOneClass(nn.Module):
         """Returns (y, minority score); larger = farther from the majority."""
         if self.bank.shape[0] == 0:
             raise RuntimeError("KNNOneClass.fit must run before score")
-        ys, ss = [], []
-        for batch in loader:
-            ss.append(self(batch["image"].to(self.device)).float().cpu())
-            ys.append(torch.as_tensor(batch["minority"]))
-        return torch.cat(ys).numpy(), torch.cat(ss).numpy()
+        return score_batches(self, loader, self.device)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from egan_med.models.backbones import Backbone
 from egan_med.models.distances import nearest_squared
+from egan_med.models.scorers import score_batches
 
 SUBSAMPLES = ("coreset", "random")
 POOL_FACTOR = 4  # default pool: this many times the memory cap (PatchCore's coreset keeps 1-10% of all patches)
@@ -186,8 +187,4 @@ class PatchMemory(nn.Module):
         """Returns (y, minority score); larger = farther from every normal patch."""
         if self.bank.numel() == 0:
             raise RuntimeError("PatchMemory.fit must run before score")
-        ys, ss = [], []
-        for batch in loader:
-            ss.append(self(batch["image"].to(self.device)).float().cpu())
-            ys.append(torch.as_tensor(batch["minority"]))
-        return torch.cat(ys).numpy(), torch.cat(ss).numpy()
+        return score_batches(self, loader, self.device)

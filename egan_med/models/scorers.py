@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,6 +16,23 @@ from egan_med.config import config_from_dict
 from egan_med.io import atomic_path
 
 SCORER_FORMAT = "egan_med.scorer/1"
+
+
+@torch.no_grad()
+def score_batches(scorer: nn.Module, loader, device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, float32 minority scores) of every item of ``loader`` through a scorer, in eval mode and float32.
+
+    The one scoring loop of every scorer: the report's one-class scores, the deployed scorer's scores a threshold
+    is set on, and (batch by batch, the same computation) ``predict``. No autocast, so all have one precision.
+    """
+    scorer = scorer.to(device).eval()
+    ys, ss = [], []
+    for batch in loader:
+        ss.append(scorer(batch["image"].to(device)).float().cpu())
+        ys.append(torch.as_tensor(batch["minority"]))
+    if not ss:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return torch.cat(ys).numpy().astype(np.int64), torch.cat(ss).numpy()
 
 
 class ScorerError(RuntimeError):
