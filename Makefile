@@ -30,7 +30,7 @@ $(CHEXPERT_CSV):
 	    .cache/chexpert/torchxrayvision-1.5.7-py3-none-any.whl $@ && mv $@.tmp $@
 
 test: setup $(CHEXPERT_CSV)
-	EGAN_CHEXPERT_CSV=$$(test -f $(CHEXPERT_CSV) && echo $(CHEXPERT_CSV)) $(BIN)/python -m pytest -q
+	EGAN_CHEXPERT_CSV=$$(test -f $(CHEXPERT_CSV) && echo $(CHEXPERT_CSV)) $(BIN)/python -m pytest -q --durations=12
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -154,7 +154,7 @@ INVALID = {
     "model.kind": "gan", "model.encoder": "resnet18", "model.discriminator": "resnet18", "model.weights": "imagnet",
     "model.encoder_weights": "imagnet", "model.discriminator_weights": "imagnet", "model.trainable_blocks": "-2",
     "model.train_bn": "maybe", "model.latent_dim": "0", "model.dropout": "1", "model.spectral_norm": "maybe",
-    "model.knn_k": "0", "model.patch_memory": "0",
+    "model.knn_k": "0", "model.patch_memory": "0", "model.patch_subsample": "greedy",
     "train.epochs": "0", "train.batch_size": "0", "train.minority_cap": "0", "train.max_steps_per_epoch": "-1",
     "train.lr_d": "0", "train.lr_g": "-1", "train.beta1": "1", "train.label_smoothing": "0.5",
     "train.instance_noise": "-1", "train.r1_gamma": "-1", "train.recon_weight": "-1",

@@ -11,7 +11,7 @@ seeded uniform sample of at most ``pool`` patches (bottom-k of random keys, so t
 same whatever the batch size), and the pool is then reduced to ``memory`` patches, by PatchCore's
 greedy k-center coreset on a random projection (``subsample="coreset"``) or by keeping the first
 ``memory`` of the uniform sample (``"random"``). The peak depends on the pool and the batch, not on
-the number of images. Scoring reads the memory in chunks (``distances.nearest_squared``).
+the number of images. Scoring reads the memory in chunks (``distances.nearest_distance``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from egan_med.models.backbones import Backbone
-from egan_med.models.distances import nearest_squared
+from egan_med.models.distances import nearest_distance
 from egan_med.models.scorers import score_batches
 
 SUBSAMPLES = ("coreset", "random")
@@ -168,7 +168,7 @@ class PatchMemory(nn.Module):
     def patch_distances(self, patches: torch.Tensor) -> torch.Tensor:
         """[B, P] distance of each patch of [B, P, C] ``patches`` to its nearest memory patch."""
         b, p, c = patches.shape
-        return nearest_squared(patches.reshape(-1, c), self.bank, 1).sqrt().view(b, p)
+        return nearest_distance(patches.reshape(-1, c), self.bank).view(b, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Minority score of [0, 1] images: the distance of their most distant patch to the memory."""
