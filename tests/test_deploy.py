@@ -215,3 +215,27 @@ def test_best_checkpoint_is_the_validation_choice(full_run):
         best = history.loc[history["val_auroc"].idxmax(), "epoch"]  # eval.select = val_auroc, recomputed by hand
         assert cfg.eval.select == "val_auroc" and want == best
         assert int(load_checkpoint(str(where / "checkpoints" / "best.pt"))["epoch"]) == want
+
+
+def test_every_score_is_float32_whatever_train_amp_says(tmp_path, monkeypatch):
+    """Scores a threshold is set on (per-epoch, checkpoint rows) are scored without autocast, as predict scores.
+
+    train.amp defaults to true (bf16 training steps on CUDA); scoring must not follow it, or a threshold set on
+    bf16 scores would be applied by predict, the export and the bundle to float32 scores.
+    """
+    from egan_med.evaluation import scoring
+    from egan_med.train import main as train_main
+
+    asked = []
+    real = scoring.autocast
+
+    def spy(device, enabled):
+        asked.append(bool(enabled))
+        return real(device, enabled)
+
+    monkeypatch.setattr(scoring, "autocast", spy)
+    cohort = build_tiny_cohort(tmp_path / "cohort", train=(2, 16), val=(4, 4), test=(4, 4))
+    assert train_main(["configs/demo.yaml", f"data.cohort={cohort}", "train.amp=true", "train.epochs=1",
+                       "train.max_steps_per_epoch=1", "train.batch_size=8", "eval.baseline=false", "eval.knn=false",
+                       "eval.patchcore=false", "eval.bootstrap=0", "--out", str(tmp_path / "run")]) == 0
+    assert asked and not any(asked)  # every scoring pass (val, test, each epoch and the report) in float32
