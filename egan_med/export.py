@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from egan_med.cli import ArgumentParser, boundary
-from egan_med.io import atomic_path, file_hash, write_json
+from egan_med.io import atomic_path, file_hash, first_line, write_json
 
 ONNX_OPSET = 17
 TOLERANCE = 1e-4  # max |score difference| accepted by the self-check
@@ -101,7 +101,7 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
         try:
             torch.jit.trace(net, example).save(ts_tmp)
         except Exception as exc:  # a component TorchScript cannot trace: say which detector, in one line
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ExportError(f"TorchScript cannot hold the deployed detector {op.get('detector')!r}: {first}") from None
         # The dynamo exporter (torch's default since 2.9) needs onnxscript, which is not a dependency here;
         # the legacy TorchScript-based exporter handles this network with the batch axis left dynamic.
@@ -110,7 +110,7 @@ def export_run(run_dir: str, out_dir: str | None = None, check: bool = True) -> 
                               dynamic_axes={"image": {0: "batch"}, "score": {0: "batch"}}, opset_version=ONNX_OPSET,
                               dynamo=False)
         except Exception as exc:  # an operator ONNX cannot hold: say which detector, in one line
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ExportError(f"ONNX cannot hold the deployed detector {op.get('detector')!r}: {first}") from None
 
     info = {

@@ -64,6 +64,12 @@ def file_hash(path: str, algorithm: str = "sha256") -> str:
         return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message cut to its first line and ``limit`` characters, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def _missing(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 

@@ -11,10 +11,7 @@ import json
 import os
 import sys
 
-
-def _ci(row: dict, key: str) -> str:
-    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
-    return f"{row[key]:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
+from egan_med.io import fmt_interval
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         name = r["model"] + (" **(deployed)**" if r["model"] == dep.get("detector") else "")
         epoch = "-" if r.get("epoch", -1) < 0 else str(r["epoch"])
         print(f"| {name} | {epoch} | {r['threshold']:.4g} | " + " | ".join(
-            _ci(r, k) for k in ("recall", "specificity", "precision", "auroc", "sens_at_spec")) + " |")
+            fmt_interval(r[k], r.get(f"{k}_lo"), r.get(f"{k}_hi")) for k in ("recall", "specificity", "precision", "auroc", "sens_at_spec")) + " |")
     spread = rep.get("budget_spread") or []
     if spread:
         print()

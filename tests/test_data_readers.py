@@ -38,7 +38,7 @@ def test_dicom_keeps_pydicom_row_column_order():
     assert np.abs(img - stored.T).mean() > 0.01  # the check can tell a transposed image apart
 
 
-def _write_dicom(path: Path, stored: np.ndarray, bits: int, **tags) -> None:
+def _write_dicom(path: Path, stored: np.ndarray, bits: int, **tags) -> Path:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -47,6 +47,7 @@ def _write_dicom(path: Path, stored: np.ndarray, bits: int, **tags) -> None:
     for key, value in tags.items():
         setattr(ds, key, value)
     ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def test_dicom_12_bit_scaled_by_bits_stored(tmp_path):

@@ -16,18 +16,7 @@ from egan_med.data import BadImageError, load_image
 from egan_med.data import readers
 
 from conftest import BUNDLED_NPZ
-
-
-def _dicom(path: Path, stored: np.ndarray, bits: int, **tags) -> Path:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", generate_uid()
-    ds.set_pixel_data(stored, "MONOCHROME2", bits)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from test_data_readers import _write_dicom as _dicom  # one DICOM writer for the reader tests
 
 
 def test_signed_12_bit_dicom_spans_its_signed_range(tmp_path):

@@ -6,12 +6,38 @@ import os
 import torch
 from torch import nn
 
-from egan_med.config import KIND_LABELS, config_from_dict
+from egan_med.config import KIND_LABELS, Config, config_from_dict
 from egan_med.engine.checkpoint import CheckpointError, epoch_weights_path, load_checkpoint
+from egan_med.io import first_line
 from egan_med.evaluation.detectors import BudgetSection, oneclass_scorer_path
 from egan_med.models.scorers import FusionScorer, NetScorer, ScorerError, load_scorer, score_batches, spec_of
 
 LABEL_KINDS = {label: kind for kind, label in KIND_LABELS.items()}
+
+
+def checkpoint_net(state: dict, path: str, cfg: Config) -> tuple[nn.Module, str]:
+    """The scoring network (D, or the classifier) a checkpoint ``state`` holds, built for ``cfg`` and loaded.
+
+    Returns:
+        (network in eval mode, its key in ``state["models"]``: ``D`` or ``C``).
+
+    Raises:
+        CheckpointError: no network under that key, or weights that do not fit the config's network.
+    """
+    from egan_med.models import Classifier, Discriminator
+
+    if not isinstance(state["config"], dict) or not isinstance(state.get("models"), dict):
+        raise CheckpointError(f"{path}: not an egan_med checkpoint (no config or models)")
+    key, cls = ("D", Discriminator) if cfg.model.kind == "egan" else ("C", Classifier)
+    if key not in state["models"]:
+        raise CheckpointError(f"{path}: has no '{key}' network (it holds {sorted(map(str, state['models']))[:6]})")
+    net = cls(cfg.model, load_weights=False)  # the checkpoint holds every weight: no ImageNet file needed
+    try:
+        net.load_state_dict(state["models"][key])
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: its '{key}' weights do not fit a {cfg.model.discriminator} "
+                              f"{cfg.model.kind} network ({first_line(exc)})") from None
+    return net.eval(), key
 
 
 def trained_scorer(run_dir: str, epoch: int) -> tuple[NetScorer, dict]:
@@ -24,15 +50,11 @@ def trained_scorer(run_dir: str, epoch: int) -> tuple[NetScorer, dict]:
     Raises:
         CheckpointError: no checkpoint holds that epoch, or its weights do not fit.
     """
-    from egan_med.models import Classifier, Discriminator
-
     ckpt = os.path.join(run_dir, "checkpoints")
     state = load_checkpoint(os.path.join(ckpt, "last.pt"))
     cfg = config_from_dict(state["config"])
-    key, cls = ("D", Discriminator) if cfg.model.kind == "egan" else ("C", Classifier)
-    net = cls(cfg.model, load_weights=False)
+    net, key = checkpoint_net(state, os.path.join(ckpt, "last.pt"), cfg)
     try:
-        net.load_state_dict(state["models"][key])
         if int(state["epoch"]) != epoch:
             path = epoch_weights_path(run_dir, epoch)
             if os.path.exists(path):
@@ -49,7 +71,7 @@ def trained_scorer(run_dir: str, epoch: int) -> tuple[NetScorer, dict]:
     except (KeyError, RuntimeError) as exc:
         if isinstance(exc, CheckpointError):
             raise
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{ckpt}: '{key}' weights do not fit a {cfg.model.discriminator} network ({first})") from None
     return NetScorer(net).eval(), state["config"]
 

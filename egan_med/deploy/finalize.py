@@ -18,7 +18,7 @@ import torch
 
 from egan_med.cohort.splits import CohortSplits, load_splits
 from egan_med.config import KIND_LABELS, Config, config_from_dict, deploy_label, read_yaml
-from egan_med.deploy.assemble import deployed_scorer
+from egan_med.deploy.assemble import checkpoint_net, deployed_scorer
 from egan_med.engine.checkpoint import CheckpointError, load_checkpoint
 from egan_med.evaluation import budget as bud
 from egan_med.evaluation import metrics, model_card, plots, report, selection, thresholds
@@ -63,25 +63,14 @@ def load_checkpoint_scorer(run_dir: str, which: str = "best") -> tuple[torch.nn.
         CheckpointError: no usable checkpoint, or one whose network does not fit its own config.
         ConfigError: the stored config is invalid.
     """
-    from egan_med.models import Classifier, Discriminator
-
     path = os.path.join(run_dir, "checkpoints", f"{which}.pt")
     state = load_checkpoint(path)
-    if not isinstance(state["config"], dict) or not isinstance(state.get("models"), dict):
+    if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path}: not an egan_med checkpoint (no config or models)")
     cwd = state.get("cwd")
     cfg = resolve_run_paths(config_from_dict(state["config"]), cwd if isinstance(cwd, str) else None)
-    key, cls = ("D", Discriminator) if cfg.model.kind == "egan" else ("C", Classifier)
-    if key not in state["models"]:
-        raise CheckpointError(f"{path}: has no '{key}' network (it holds {sorted(map(str, state['models']))[:6]})")
-    net = cls(cfg.model, load_weights=False)  # the checkpoint holds every weight: no ImageNet file needed
-    try:
-        net.load_state_dict(state["models"][key])
-    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: its '{key}' weights do not fit a {cfg.model.discriminator} "
-                              f"{cfg.model.kind} network ({first})") from None
-    return net.eval(), cfg, state
+    net, _ = checkpoint_net(state, path, cfg)
+    return net, cfg, state
 
 
 def split_loader(cfg: Config, splits: CohortSplits, df: pd.DataFrame):

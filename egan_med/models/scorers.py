@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from egan_med.config import config_from_dict
-from egan_med.io import atomic_path
+from egan_med.io import atomic_path, first_line
 
 SCORER_FORMAT = "egan_med.scorer/1"
 
@@ -160,6 +160,6 @@ def load_scorer(path: str) -> tuple[nn.Module, dict[str, Any]]:
         scorer = build_scorer(blob["spec"])
         scorer.load_state_dict(blob["state_dict"])
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ScorerError(f"{path}: its weights do not fit its spec ({first})") from None
     return scorer.eval(), dict(blob.get("meta", {}))
