@@ -1,9 +1,10 @@
-"""Print the README's "Measured results of make demo" tables from a finished run's report.json.
+"""Print the README's "Measured results of make demo" tables and figures from a finished run on disk.
 
-    python scripts/demo_table.py [runs/demo]
+    python scripts/demo_table.py [runs/demo] [--predict scores.csv]
 
 The deployed detector and every detector under the realistic protocol (recall, specificity and precision at the
-validation-chosen threshold first), then the spread over budget draws: what the README quotes, read from disk.
+validation-chosen threshold first), the spread over budget draws, what the run deploys, the generous protocol
+beside it, and with ``--predict`` (``egan_med.predict``'s CSV of the test split) its parity with the report.
 """
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from egan_med.io import fmt_interval
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = (argv if argv is not None else sys.argv[1:] or ["runs/demo"])[0]
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", nargs="?", default="runs/demo")
+    p.add_argument("--predict", help="egan_med.predict's CSV of the run's test split")
+    args = p.parse_args(argv)
+    run = args.run
     path = os.path.join(run, "report.json")
     if not os.path.isfile(path):
         print(f"error: {path} not found: run `make demo` first", file=sys.stderr)
@@ -48,8 +55,34 @@ def main(argv: list[str] | None = None) -> int:
                 for k in ("auroc", "recall", "specificity", "precision")) + " |")
     if dep:
         print()
-        print(f"Deployed: {dep['detector']}, epochs {dep.get('epochs')}, threshold {dep['threshold']:.4g} set on "
-              f"{dep['val_minority']} validation positives and {dep['val_majority']} majority images.")
+        weights = dep.get("fusion_weights") or {}
+        print(f"Deployed: {dep['detector']}, epochs {dep.get('epochs')}"
+              + (f", weights {' / '.join(f'{w:.2f}' for w in weights.values())}" if weights else "")
+              + f", threshold {dep['threshold']:.3f} set on {dep['val_minority']} validation positives and "
+              f"{dep['val_majority']} majority images.")
+    generous = {r["model"]: r for r in rep.get("protocol_rows", []) if r["protocol"] == "generous"}
+    if generous and proto != "generous":
+        print()
+        print("Generous protocol, same models: " + "; ".join(
+            f"{r['model']} epoch {r['epoch'] if r['epoch'] >= 0 else '-'}, threshold {r['threshold']:.3g}, AUROC "
+            f"{r['auroc']:.2f}, recall {r['recall']:.2f}, specificity {r['specificity']:.2f}"
+            for r in generous.values()) + ".")
+    if args.predict:
+        import numpy as np
+        import pandas as pd
+
+        got = pd.read_csv(args.predict, keep_default_na=False)
+        with np.load(os.path.join(run, "deploy", "scores_test.npz")) as z:
+            ref_y, ref_s = z["y"], z["s"]
+        row = next(r for r in rows if r["model"] == dep.get("detector"))
+        minority = (got["decision"] == "minority").to_numpy()
+        y = got["minority"].to_numpy()
+        same = bool((minority == (ref_s > dep["threshold"])).all() and (y == ref_y).all())
+        print()
+        print(f"predict vs the report's deployed row on {len(got)} test images: max |score difference| "
+              f"{float(np.abs(got['score'].to_numpy() - ref_s).max()):.3g}; decisions identical: {same}; "
+              f"{int(minority.sum())} minority (tp {int((minority & (y == 1)).sum())}, fp {int((minority & (y == 0)).sum())}; "
+              f"the row's tp {row['tp']}, fp {row['fp']}).")
     return 0
 
 
